@@ -1,0 +1,21 @@
+"""scoresde: a continuous-time score-SDE toolkit in PyTorch.
+
+One flat public namespace (``import scoresde as sd``); see DESIGN.md and docs/.
+"""
+
+__version__ = "0.1.0"
+
+from . import analytic, data, nets  # noqa: E402
+from .checkpoint import load_checkpoint, load_model, save_checkpoint  # noqa: E402
+from .losses import ddpm_loss, dsm_loss  # noqa: E402
+from .models import ScoreModel  # noqa: E402
+from .schedules import DiscreteSchedule  # noqa: E402
+from .sdes import SDE, VESDE, VPSDE, CosineVPSDE, ScheduleVPSDE, SubVPSDE, sde_from_config  # noqa: E402
+from .training import Trainer  # noqa: E402
+
+__all__ = [
+    "__version__", "analytic", "data", "nets",
+    "SDE", "VPSDE", "CosineVPSDE", "ScheduleVPSDE", "SubVPSDE", "VESDE", "sde_from_config",
+    "DiscreteSchedule", "ScoreModel", "dsm_loss", "ddpm_loss", "Trainer",
+    "save_checkpoint", "load_checkpoint", "load_model",
+]

@@ -1,0 +1,88 @@
+"""Checkpoints: state dicts and plain metadata only, written atomically, loaded with
+``torch.load(weights_only=True)``.
+
+A checkpoint is a dict ``{"format": "scoresde-checkpoint", "version": 1, "step": int,
+"model": state_dict, "ema": state_dict | None, "optimizer": state_dict | None,
+"generator": ByteTensor | None, "losses": list[float], "meta": dict}``, where ``meta`` holds
+``sde`` (:meth:`SDE.config`), ``prediction``, ``net`` (the network's ``config()``) and
+``net_class``, so :func:`load_model` can rebuild the model without pickled code.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .models import ScoreModel
+from .sdes import sde_from_config
+
+__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "FORMAT"]
+
+FORMAT = "scoresde-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``obj`` to ``path`` atomically: a temporary file in the same folder, flushed
+    and fsynced, then renamed over ``path`` (so a crash never leaves a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, "version": VERSION, **obj}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
+                    ) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; a clear error if ``path`` does not exist
+    or is not a scoresde checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle errors, truncated files, foreign formats
+        raise ValueError(f"{str(path)!r} is not a readable scoresde checkpoint "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{str(path)!r} is not a scoresde checkpoint (no format={FORMAT!r} key)")
+    if ckpt.get("version") != VERSION:
+        raise ValueError(f"{str(path)!r} has checkpoint version {ckpt.get('version')}, "
+                         f"this scoresde reads version {VERSION}")
+    return ckpt
+
+
+def _net_classes() -> dict[str, Any]:
+    from .nets import MLPScoreNet
+
+    return {"MLPScoreNet": MLPScoreNet}
+
+
+def load_model(path: str | os.PathLike, *, ema: bool = True,
+               device: str | torch.device = "cpu") -> ScoreModel:
+    """Rebuild the :class:`ScoreModel` stored in a checkpoint (EMA weights by default)."""
+    ckpt = load_checkpoint(path)
+    meta = ckpt.get("meta", {})
+    classes = _net_classes()
+    name = meta.get("net_class")
+    if name not in classes or "net" not in meta:
+        raise ValueError(f"checkpoint {str(path)!r} does not describe a known network "
+                         f"(net_class={name!r}; known: {sorted(classes)})")
+    net = classes[name].from_config(meta["net"])
+    state = ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"]
+    net.load_state_dict(state)
+    model = ScoreModel(net, sde_from_config(meta["sde"]), prediction=meta["prediction"])
+    return model.to(device).eval()

@@ -1,0 +1,171 @@
+r"""Denoising score matching (DSM) and DDPM's simple loss.
+
+DSM (Vincent 2011; Song et al. 2021, eq. 7) with weighting :math:`w(t)`:
+
+.. math::
+    \mathcal L(\theta) = \mathbb E_{t}\,\mathbb E_{x_0, \varepsilon}\,
+    w(t)\,\big\| s_\theta(x_t, t) + \varepsilon/\sigma(t) \big\|^2
+    = \mathbb E\, \frac{w(t)}{\sigma(t)^2}\,\big\|\hat\varepsilon_\theta(x_t, t) - \varepsilon\big\|^2,
+
+with :math:`x_t = \alpha x_0 + \sigma\varepsilon` and :math:`t \sim U(\epsilon, T)`.
+Reduction (DESIGN.md): the squared norm is replaced by the **mean** over data dimensions,
+then the mean over the batch; there is no ½ factor. Weightings:
+
+- ``"sigma2"``: :math:`w = \sigma^2`, so the loss is :math:`\|\hat\varepsilon_\theta - \varepsilon\|^2`:
+  DDPM's :math:`L_\text{simple}` (Ho et al. 2020);
+- ``"likelihood"``: :math:`w = g(t)^2` (Song, Durkan, Murray & Ermon 2021, "Maximum
+  likelihood training of score-based diffusion models"); :math:`w/\sigma^2 = g^2/\sigma^2 =
+  -\lambda'(t)` for every SDE here (because :math:`g^2 = d\sigma^2/dt - 2f\sigma^2`);
+- ``"none"``: :math:`w = 1`.
+
+With ``importance_sampling=True`` (likelihood weighting only) ``t`` is drawn with density
+:math:`q(t) \propto -\lambda'(t)` by inverting the log-SNR, and each sample is weighted by
+:math:`(\lambda(\epsilon) - \lambda(T))/(T - \epsilon)`, so the estimator has the same
+expectation as the uniform one but lower variance.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import as_time, bcast, check_batch
+from .models import ScoreModel
+from .schedules import DiscreteSchedule
+
+Tensor = torch.Tensor
+
+__all__ = ["dsm_loss", "ddpm_loss", "WEIGHTINGS", "sample_time"]
+
+WEIGHTINGS = ("sigma2", "likelihood", "none")
+_REDUCTIONS = ("mean", "none")
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def _noise_like(x0: Tensor, noise: Tensor | None, generator: torch.Generator | None) -> Tensor:
+    if noise is None:
+        return torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    if noise.shape != x0.shape:
+        raise ValueError(f"noise shape {tuple(noise.shape)} != x0 shape {tuple(x0.shape)}")
+    return noise
+
+
+def _per_sample_mse(a: Tensor, b: Tensor) -> Tensor:
+    return (a - b).pow(2).reshape(a.shape[0], -1).mean(dim=1)
+
+
+def sample_time(sde, n: int, *, eps: float | None = None, importance_sampling: bool = False,
+                generator: torch.Generator | None = None, dtype: torch.dtype | None = None,
+                device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+    r"""Draw training times and their importance weights.
+
+    **Returns:** ``(t, iw)``, both of shape ``(n,)``.
+
+    - Uniform: :math:`t \sim U(\epsilon, T)` and ``iw = 1``.
+    - Importance sampling: :math:`t = \lambda^{-1}(\lambda(\epsilon) - uZ)` with
+      :math:`u \sim U(0, 1)` and :math:`Z = \lambda(\epsilon) - \lambda(T)`, i.e. density
+      :math:`q(t) = -\lambda'(t)/Z`. ``iw`` is the likelihood weight
+      :math:`-\lambda'(t)` times the likelihood ratio :math:`1/((T-\epsilon)q(t))`, which
+      is the constant :math:`Z/(T-\epsilon)`.
+    """
+    eps = sde.train_eps if eps is None else float(eps)
+    if not 0.0 <= eps < sde.T:
+        raise ValueError(f"eps must lie in [0, T) = [0, {sde.T}), got {eps}")
+    u = torch.rand(n, generator=generator, dtype=dtype, device=device)
+    if not importance_sampling:
+        return eps + u * (sde.T - eps), torch.ones_like(u)
+    lam_lo = sde.log_snr(torch.tensor(sde.T, dtype=u.dtype, device=u.device))
+    lam_hi = sde.log_snr(torch.tensor(eps, dtype=u.dtype, device=u.device))
+    z = lam_hi - lam_lo
+    t = sde.log_snr_inverse(lam_hi - u * z).clamp(eps, sde.T)
+    return t, (z / (sde.T - eps)).expand(n).clone()
+
+
+def dsm_loss(model: ScoreModel, x0: Tensor, weighting: str = "sigma2",
+             generator: torch.Generator | None = None, *, t: Tensor | None = None,
+             noise: Tensor | None = None, eps: float | None = None,
+             importance_sampling: bool = False, reduction: str = "mean") -> Tensor:
+    r"""Denoising score-matching loss (see the module docstring for the formula).
+
+    **Arguments:**
+    - ``model``: a :class:`~scoresde.ScoreModel` (any prediction type).
+    - ``x0``: data, shape ``(B, *event_shape)``.
+    - ``weighting``: ``"sigma2"`` (DDPM's :math:`\|\varepsilon - \hat\varepsilon\|^2`),
+      ``"likelihood"`` (:math:`g^2`), or ``"none"``.
+    - ``generator``: draws ``t`` and ``noise`` when they are not given.
+    - ``t``: optional times, shape ``(B,)``, in ``[0, T]`` (overrides the draw).
+    - ``noise``: optional :math:`\varepsilon`, shape of ``x0``.
+    - ``eps``: smallest time (default ``model.sde.train_eps = 1e-5``).
+    - ``importance_sampling``: draw ``t`` with density :math:`\propto g^2/\sigma^2`
+      (only with ``weighting="likelihood"``).
+    - ``reduction``: ``"mean"`` (a scalar) or ``"none"`` (per-sample losses, shape ``(B,)``).
+
+    **Returns:** the loss, mean over data dimensions and batch (no ½ factor).
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    _check_reduction(reduction)
+    check_batch(x0, "x0")
+    if importance_sampling and weighting != "likelihood":
+        raise ValueError("importance_sampling=True needs weighting='likelihood' "
+                         f"(got weighting={weighting!r})")
+    sde = model.sde
+    b = x0.shape[0]
+    if t is None:
+        t, iw = sample_time(sde, b, eps=eps, importance_sampling=importance_sampling,
+                            generator=generator, dtype=x0.dtype, device=x0.device)
+    else:
+        if importance_sampling:
+            raise ValueError("importance_sampling draws t itself; do not pass t as well")
+        t = as_time(t, b, x0, T=sde.T)
+        if t.dim() == 0:
+            t = t.expand(b)
+        iw = None
+    noise = _noise_like(x0, noise, generator)
+    x_t = sde.perturb(x0, t, noise)
+    per = _per_sample_mse(model.eps(x_t, t), noise)
+    if weighting == "likelihood":
+        per = per * (iw if importance_sampling else sde._g2(t) / sde._sigma(t) ** 2)
+    elif weighting == "none":
+        per = per / sde._sigma(t) ** 2
+    return per.mean() if reduction == "mean" else per
+
+
+def ddpm_loss(model: ScoreModel, x0: Tensor, schedule: DiscreteSchedule,
+              generator: torch.Generator | None = None, *, indices: Tensor | None = None,
+              noise: Tensor | None = None, reduction: str = "mean") -> Tensor:
+    r"""DDPM's training loss, Ho et al. (2020) Algorithm 1 (:math:`L_\text{simple}`).
+
+    Draw :math:`i \sim U\{0, \dots, N-1\}` and :math:`\varepsilon \sim N(0, I)`, form
+    :math:`x_i = \sqrt{\bar\alpha_i}\,x_0 + \sqrt{1-\bar\alpha_i}\,\varepsilon` and return
+    :math:`\|\varepsilon - \hat\varepsilon_\theta(x_i, t_i)\|^2` (mean over dimensions and
+    batch). The network is fed the continuous time :math:`t_i = (i+1)/N` (DESIGN.md), so
+    the trained model serves every continuous-time solver.
+
+    **Arguments:** ``model`` must predict ``"eps"``; ``indices`` (shape ``(B,)``, integers in
+    ``[0, N-1]``) and ``noise`` override the draws; ``reduction`` as in :func:`dsm_loss`.
+    """
+    if model.prediction != "eps":
+        raise ValueError("ddpm_loss is Ho et al.'s L_simple for an eps-prediction network; "
+                         f"got prediction={model.prediction!r} (use dsm_loss instead)")
+    _check_reduction(reduction)
+    check_batch(x0, "x0")
+    b = x0.shape[0]
+    if indices is None:
+        indices = torch.randint(0, schedule.N, (b,), generator=generator, device=x0.device)
+    else:
+        indices = torch.as_tensor(indices, device=x0.device)
+        if indices.shape != (b,) or indices.is_floating_point():
+            raise ValueError(f"indices must be integers of shape ({b},), got "
+                             f"{indices.dtype} of shape {tuple(indices.shape)}")
+        if bool(((indices < 0) | (indices >= schedule.N)).any()):
+            raise ValueError(f"indices must lie in [0, {schedule.N - 1}]")
+    noise = _noise_like(x0, noise, generator)
+    acp = schedule.cast("alphas_cumprod", x0)[indices]
+    x_t = bcast(acp.sqrt(), x0) * x0 + bcast((1.0 - acp).sqrt(), x0) * noise
+    t = schedule.cast("times", x0)[indices]
+    per = _per_sample_mse(model.eps(x_t, t), noise)
+    return per.mean() if reduction == "mean" else per

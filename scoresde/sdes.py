@@ -1,0 +1,496 @@
+r"""Forward SDEs with linear drift: VP (linear and cosine), sub-VP and VE.
+
+Every SDE here has the form (Song et al. 2021, "Score-based generative modeling through
+stochastic differential equations", ICLR)
+
+.. math:: dx = f(t)\,x\,dt + g(t)\,dw, \qquad t \in [0, T],\ T = 1,
+
+so that the perturbation kernel is Gaussian,
+:math:`x_t = \alpha(t)\,x_0 + \sigma(t)\,\varepsilon`, :math:`\varepsilon \sim N(0, I)`,
+with :math:`f = d\log\alpha/dt` and :math:`g^2 = d\sigma^2/dt - 2 f \sigma^2`.
+The log-SNR is :math:`\lambda(t) = \log(\alpha^2/\sigma^2)`, decreasing in ``t``.
+
+The reverse-time SDE and the probability-flow ODE are derived here, once
+(:meth:`SDE.reverse_drift`); every sampler uses them.
+
+Times ``t`` are Python floats, 0-d tensors or tensors of shape ``(B,)``; data ``x`` has
+shape ``(B, *event_shape)``. Coefficients come back with the shape of ``t``.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import as_time, bcast, check_batch
+
+if TYPE_CHECKING:
+    from .schedules import DiscreteSchedule
+
+Tensor = torch.Tensor
+
+__all__ = ["SDE", "VPSDE", "CosineVPSDE", "ScheduleVPSDE", "SubVPSDE", "VESDE",
+           "sde_from_config"]
+
+
+def _check_positive(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite positive number, got {value}")
+    return float(value)
+
+
+class SDE(ABC):
+    r"""Base class of a forward SDE :math:`dx = f(t) x\,dt + g(t)\,dw` on ``[0, T]``.
+
+    Subclasses implement the unchecked coefficient functions ``_f``, ``_g2``,
+    ``_log_alpha``, ``_sigma`` (and, where a closed form exists, ``_log_snr`` and
+    ``_log_snr_inverse``); the public methods check their inputs once and call them.
+
+    **Attributes:**
+    - ``T``: the final time, 1.
+    - ``train_eps``: smallest training time, :math:`t \sim U(\text{train\_eps}, T)`.
+    - ``sample_eps``: default time at which sampling stops.
+    - ``prior_std``: standard deviation of the Gaussian prior :math:`N(0, \text{prior\_std}^2 I)`.
+    - ``variance_preserving``: ``True`` when :math:`\alpha^2 + \sigma^2 = 1`.
+    """
+
+    T: float = 1.0
+    train_eps: float = 1e-5
+    sample_eps: float = 1e-3
+    prior_std: float = 1.0
+    variance_preserving: bool = False
+
+    # ----- coefficient functions (unchecked, t is a tensor) -----------------------------
+    @abstractmethod
+    def _f(self, t: Tensor) -> Tensor:
+        """Drift coefficient ``f(t)`` with ``drift = f(t) x``."""
+
+    @abstractmethod
+    def _g2(self, t: Tensor) -> Tensor:
+        """Squared diffusion ``g(t)^2``."""
+
+    @abstractmethod
+    def _log_alpha(self, t: Tensor) -> Tensor:
+        """``log alpha(t)``."""
+
+    @abstractmethod
+    def _sigma(self, t: Tensor) -> Tensor:
+        """``sigma(t)``."""
+
+    def _log_snr(self, t: Tensor) -> Tensor:
+        return 2.0 * self._log_alpha(t) - 2.0 * torch.log(self._sigma(t))
+
+    def _log_snr_inverse(self, lam: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form inverse log-SNR")
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """A JSON-able description ``{"name": ..., **kwargs}``; see :func:`sde_from_config`."""
+
+    # ----- public, checked -----------------------------------------------------------
+    def _t(self, t: float | Tensor, x: Tensor | None = None) -> Tensor:
+        if x is not None:
+            check_batch(x)
+        return as_time(t, None if x is None else x.shape[0], x, T=self.T)
+
+    def drift(self, x: Tensor, t: float | Tensor) -> Tensor:
+        r"""Forward drift :math:`f(x, t) = f(t)\,x`, same shape as ``x``."""
+        t = self._t(t, x)
+        return bcast(self._f(t), x) * x
+
+    def diffusion(self, t: float | Tensor) -> Tensor:
+        r"""Diffusion coefficient :math:`g(t)`, shape of ``t``."""
+        return torch.sqrt(self._g2(self._t(t)))
+
+    def alpha(self, t: float | Tensor) -> Tensor:
+        r"""Mean scale :math:`\alpha(t)` of :math:`x_t = \alpha x_0 + \sigma \varepsilon`."""
+        return torch.exp(self._log_alpha(self._t(t)))
+
+    def sigma(self, t: float | Tensor) -> Tensor:
+        r"""Standard deviation :math:`\sigma(t)` of the perturbation kernel."""
+        return self._sigma(self._t(t))
+
+    def log_snr(self, t: float | Tensor) -> Tensor:
+        r"""Log signal-to-noise ratio :math:`\lambda(t) = \log(\alpha^2/\sigma^2)`."""
+        return self._log_snr(self._t(t))
+
+    def log_snr_inverse(self, lam: float | Tensor) -> Tensor:
+        r"""The time ``t`` with :math:`\lambda(t) = \text{lam}` (closed form).
+
+        ``lam`` outside :math:`[\lambda(T), \lambda(0)]` maps outside ``[0, T]``.
+        """
+        if not isinstance(lam, Tensor):
+            lam = torch.tensor(float(lam), dtype=torch.get_default_dtype())
+        return self._log_snr_inverse(lam)
+
+    def marginal_prob(self, x0: Tensor, t: float | Tensor) -> tuple[Tensor, Tensor]:
+        r"""Mean and standard deviation of :math:`p_{0t}(x_t \mid x_0)`.
+
+        **Returns:** ``(mean, std)`` with ``mean = alpha(t) * x0`` (shape of ``x0``) and
+        ``std = sigma(t)`` (shape of ``t``).
+        """
+        t = self._t(t, x0)
+        return bcast(torch.exp(self._log_alpha(t)), x0) * x0, self._sigma(t)
+
+    def perturb(self, x0: Tensor, t: float | Tensor, noise: Tensor) -> Tensor:
+        r""":math:`x_t = \alpha(t)\,x_0 + \sigma(t)\,\varepsilon` for given noise ``eps``."""
+        if noise.shape != x0.shape:
+            raise ValueError(f"noise shape {tuple(noise.shape)} != x0 shape {tuple(x0.shape)}")
+        t = self._t(t, x0)
+        return bcast(torch.exp(self._log_alpha(t)), x0) * x0 + bcast(self._sigma(t), x0) * noise
+
+    def prior_sample(self, shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None
+                     = None, *, dtype: torch.dtype | None = None,
+                     device: torch.device | str | None = None) -> Tensor:
+        r"""Draw :math:`x_T \sim N(0, \text{prior\_std}^2 I)` of the given ``shape``."""
+        if generator is not None and device is None:
+            device = generator.device
+        z = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+        return z * self.prior_std
+
+    def prior_logp(self, z: Tensor) -> Tensor:
+        r"""Log-density of the prior, per sample: shape ``(B,)``, in nats.
+
+        :math:`\log N(z; 0, s^2 I) = -\tfrac{D}{2}\log(2\pi s^2) - \|z\|^2/(2 s^2)`.
+        """
+        check_batch(z, "z")
+        d = z[0].numel()
+        s2 = self.prior_std ** 2
+        sq = z.reshape(z.shape[0], -1).pow(2).sum(dim=1)
+        return -0.5 * d * math.log(2 * math.pi * s2) - sq / (2 * s2)
+
+    def reverse_drift(self, x: Tensor, t: float | Tensor, score: Tensor,
+                      probability_flow: bool = False) -> Tensor:
+        r"""Drift of the reverse-time SDE or of the probability-flow ODE (Song et al. 2021).
+
+        Reverse SDE (Anderson 1982): :math:`dx = [f(t) x - g(t)^2 s]\,dt + g(t)\,d\bar w`.
+        Probability flow ODE: :math:`dx/dt = f(t) x - \tfrac12 g(t)^2 s`, where ``s`` is the
+        score :math:`\nabla_x \log p_t(x)` given as ``score`` (same shape as ``x``).
+        Both are written for integration with time running backwards, :math:`dt < 0`.
+        """
+        t = self._t(t, x)
+        if score.shape != x.shape:
+            raise ValueError(f"score shape {tuple(score.shape)} != x shape {tuple(x.shape)}")
+        c = 0.5 if probability_flow else 1.0
+        return bcast(self._f(t), x) * x - bcast(c * self._g2(t), x) * score
+
+    def discretize(self, N: int) -> DiscreteSchedule:
+        r"""The discrete-time (DDPM) schedule with ``N`` steps; see subclasses."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no DDPM discretisation: it is defined for "
+            "variance-preserving SDEs (VPSDE, VPSDE.cosine(), VPSDE.from_schedule())")
+
+    def __repr__(self) -> str:
+        kw = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
+        return f"{type(self).__name__}({kw})"
+
+
+class _LinearBeta:
+    r"""Linear :math:`\beta(t) = \beta_{min} + t(\beta_{max} - \beta_{min})` and its
+    integral :math:`B(t) = \int_0^t \beta = \beta_{min} t + \tfrac12 t^2(\beta_{max}-\beta_{min})`."""
+
+    beta_min: float
+    beta_max: float
+
+    def _init_beta(self, beta_min: float, beta_max: float) -> None:
+        self.beta_min = _check_positive("beta_min", beta_min)
+        self.beta_max = _check_positive("beta_max", beta_max)
+        if self.beta_min >= self.beta_max:
+            raise ValueError(
+                f"beta_min must be < beta_max, got beta_min={beta_min}, beta_max={beta_max}")
+
+    def beta(self, t: Tensor) -> Tensor:
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def beta_integral(self, t: Tensor) -> Tensor:
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t * t
+
+    def beta_integral_inverse(self, b: Tensor) -> Tensor:
+        # root of 0.5*d*t^2 + bmin*t - b = 0, written without cancellation
+        d = self.beta_max - self.beta_min
+        return 2.0 * b / (self.beta_min + torch.sqrt(self.beta_min ** 2 + 2.0 * d * b))
+
+
+class VPSDE(_LinearBeta, SDE):
+    r"""Variance-preserving SDE (Song et al. 2021; DDPM's continuous limit).
+
+    .. math:: dx = -\tfrac12\beta(t)\,x\,dt + \sqrt{\beta(t)}\,dw,
+
+    with linear :math:`\beta(t) = \beta_{min} + t(\beta_{max} - \beta_{min})` (defaults 0.1
+    and 20), :math:`B(t) = \int_0^t\beta`, :math:`\alpha = e^{-B/2}`,
+    :math:`\sigma = \sqrt{1 - e^{-B}}`, :math:`\lambda = -\log(e^{B} - 1)`.
+    Prior :math:`N(0, I)`; sampling stops at ``1e-3``.
+
+    Subclasses (:class:`CosineVPSDE`, :class:`ScheduleVPSDE`) change only
+    :math:`\beta`, :math:`B` and :math:`B^{-1}`.
+    """
+
+    variance_preserving = True
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
+        self._init_beta(beta_min, beta_max)
+
+    @classmethod
+    def cosine(cls, s: float = 0.008, beta_clip: float = 20.0) -> CosineVPSDE:
+        """The continuous cosine schedule of Nichol & Dhariwal (2021); see :class:`CosineVPSDE`."""
+        return CosineVPSDE(s=s, beta_clip=beta_clip)
+
+    @classmethod
+    def from_schedule(cls, schedule: DiscreteSchedule) -> ScheduleVPSDE:
+        """The VP-SDE whose DDPM discretisation is exactly ``schedule``; see :class:`ScheduleVPSDE`."""
+        return ScheduleVPSDE(schedule)
+
+    def _f(self, t: Tensor) -> Tensor:
+        return -0.5 * self.beta(t)
+
+    def _g2(self, t: Tensor) -> Tensor:
+        return self.beta(t)
+
+    def _log_alpha(self, t: Tensor) -> Tensor:
+        return -0.5 * self.beta_integral(t)
+
+    def _sigma(self, t: Tensor) -> Tensor:
+        return torch.sqrt(torch.clamp(-torch.expm1(-self.beta_integral(t)), min=0.0))
+
+    def _log_snr(self, t: Tensor) -> Tensor:
+        return -torch.log(torch.expm1(self.beta_integral(t)))
+
+    def _log_snr_inverse(self, lam: Tensor) -> Tensor:
+        # alpha^2/sigma^2 = 1/(e^B - 1)  =>  B = log(1 + e^{-lam}) = softplus(-lam)
+        return self.beta_integral_inverse(F.softplus(-lam))
+
+    def discretize(self, N: int) -> DiscreteSchedule:
+        r"""DDPM's schedule (Ho et al. 2020):
+        :math:`\beta_i = \beta_{min}/N + \tfrac{i}{N-1}(\beta_{max}-\beta_{min})/N`,
+        :math:`i = 0..N-1`; for ``N = 1000`` exactly ``linspace(1e-4, 0.02, 1000)``.
+        Grid index ``i`` is continuous time :math:`t_i = (i+1)/N`."""
+        from .schedules import DiscreteSchedule
+
+        N = DiscreteSchedule.check_N(N)
+        i = torch.arange(N, dtype=torch.float64)
+        frac = i / (N - 1) if N > 1 else torch.zeros_like(i)
+        betas = self.beta_min / N + frac * (self.beta_max - self.beta_min) / N
+        if self.beta_max / N >= 1.0:
+            raise ValueError(f"N={N} is too few steps for DDPM's linear betas: beta_max/N = "
+                             f"{self.beta_max / N:.3g} must be < 1; use N > {self.beta_max:g}")
+        return DiscreteSchedule(betas)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": "VPSDE", "beta_min": self.beta_min, "beta_max": self.beta_max}
+
+
+class _GenericVP(VPSDE):
+    """A VP-SDE given by :math:`\\beta`, :math:`B`, :math:`B^{-1}`: DDPM-discretised through
+    :math:`\\bar\\alpha_i = \\alpha(t_i)^2`, i.e. :math:`\\beta_i = 1 - e^{-(B(t_i) - B(t_{i-1}))}`."""
+
+    def discretize(self, N: int) -> DiscreteSchedule:
+        """DDPM schedule with :math:`\\bar\\alpha_i = \\alpha(t_i)^2` at :math:`t_i = (i+1)/N`."""
+        from .schedules import DiscreteSchedule
+
+        N = DiscreteSchedule.check_N(N)
+        t = torch.arange(N + 1, dtype=torch.float64) / N
+        b = self.beta_integral(t)
+        return DiscreteSchedule(-torch.expm1(-(b[1:] - b[:-1])))
+
+
+class CosineVPSDE(_GenericVP):
+    r"""VP-SDE with the cosine schedule of Nichol & Dhariwal (2021), continuous form.
+
+    :math:`\bar\alpha(t) = \cos^2\phi(t) / \cos^2\phi(0)`, :math:`\phi(t) = \frac{t+s}{1+s}\frac\pi2`,
+    so :math:`B(t) = -\log\bar\alpha(t)` and :math:`\beta(t) = B'(t) = \frac{\pi}{1+s}\tan\phi(t)`.
+    That :math:`\beta` diverges at ``t = 1``; like the discrete schedule's clipping of
+    :math:`\beta_i` at 0.999, it is clipped: :math:`\beta(t) = \beta_{clip}` for
+    :math:`t \ge t_c` (where :math:`\beta(t_c) = \beta_{clip}`), and :math:`B` is continued
+    linearly, so drift, diffusion and marginals stay exactly consistent. The default
+    ``beta_clip = 20`` equals the linear VP's :math:`\beta_{max}` (same stiffness);
+    then :math:`t_c \approx 0.90` and :math:`\alpha(1)^2 \approx 3.2\cdot10^{-3}`.
+    """
+
+    def __init__(self, s: float = 0.008, beta_clip: float = 20.0) -> None:
+        self.s = _check_positive("s", s)
+        self.beta_clip = _check_positive("beta_clip", beta_clip)
+        self._c = math.pi / (2 * (1 + self.s))
+        self._log_cos0 = math.log(math.cos(self.s * self._c))
+        phi_c = math.atan(self.beta_clip / (2 * self._c))
+        self.t_clip = min(phi_c / self._c - self.s, self.T)
+        if self.t_clip <= 0:
+            raise ValueError(f"beta_clip={beta_clip} is below beta(0) of the cosine schedule")
+        self._b_clip = -2.0 * (math.log(math.cos((self.t_clip + self.s) * self._c))
+                               - self._log_cos0)
+        # for repr/config compatibility with VPSDE attributes
+        self.beta_min = float(2 * self._c * math.tan(self.s * self._c))
+        self.beta_max = self.beta_clip
+
+    def beta(self, t: Tensor) -> Tensor:
+        tc = torch.clamp(t, max=self.t_clip)
+        return torch.where(t < self.t_clip, 2 * self._c * torch.tan((tc + self.s) * self._c),
+                           torch.full_like(t, self.beta_clip))
+
+    def beta_integral(self, t: Tensor) -> Tensor:
+        tc = torch.clamp(t, max=self.t_clip)
+        b = -2.0 * (torch.log(torch.cos((tc + self.s) * self._c)) - self._log_cos0)
+        return b.clamp(min=0.0) + self.beta_clip * torch.clamp(t - self.t_clip, min=0.0)
+
+    def beta_integral_inverse(self, b: Tensor) -> Tensor:
+        bc = torch.clamp(b, max=self._b_clip)
+        phi = torch.acos(torch.clamp(math.exp(self._log_cos0) * torch.exp(-0.5 * bc), max=1.0))
+        t = phi / self._c - self.s
+        return t + torch.clamp(b - self._b_clip, min=0.0) / self.beta_clip
+
+    def config(self) -> dict[str, Any]:
+        return {"name": "CosineVPSDE", "s": self.s, "beta_clip": self.beta_clip}
+
+
+class ScheduleVPSDE(_GenericVP):
+    r"""The VP-SDE whose discretisation is exactly a given :class:`DiscreteSchedule`.
+
+    :math:`B(t)` is the piecewise-linear interpolation of :math:`-\log\bar\alpha_i` at the
+    grid times :math:`t_i = (i+1)/N` (with :math:`B(0) = 0`), so
+    :math:`\alpha(t_i)^2 = \bar\alpha_i` exactly and :math:`\beta(t)` is piecewise constant,
+    :math:`\beta = -N\log(1-\beta_i)` on :math:`(t_{i-1}, t_i]`. A network trained with
+    :func:`~scoresde.ddpm_loss` on that schedule is then exactly a continuous-time model.
+    """
+
+    def __init__(self, schedule: DiscreteSchedule) -> None:
+        self.schedule = schedule
+        self.N = schedule.N
+        lac = torch.log(schedule.alphas_cumprod)
+        self._knots = torch.cat([torch.zeros(1, dtype=torch.float64), -lac])  # B at k/N
+        self.beta_min = float(self.N * self._knots[1])
+        self.beta_max = float(self.N * (self._knots[1:] - self._knots[:-1]).max())
+
+    def _cell(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        knots = self._knots.to(device=t.device, dtype=t.dtype)
+        u = t * self.N
+        k = torch.clamp(torch.floor(u), 0, self.N - 1).long()
+        return knots, k, u - k
+
+    def beta(self, t: Tensor) -> Tensor:
+        knots, k, _ = self._cell(t)
+        return self.N * (knots[k + 1] - knots[k])
+
+    def beta_integral(self, t: Tensor) -> Tensor:
+        knots, k, w = self._cell(t)
+        return knots[k] + w * (knots[k + 1] - knots[k])
+
+    def beta_integral_inverse(self, b: Tensor) -> Tensor:
+        knots = self._knots.to(device=b.device, dtype=b.dtype)
+        k = torch.clamp(torch.searchsorted(knots, b.contiguous(), right=True) - 1, 0, self.N - 1)
+        w = (b - knots[k]) / (knots[k + 1] - knots[k])
+        return (k + w) / self.N
+
+    def discretize(self, N: int) -> DiscreteSchedule:
+        """With ``N`` equal to the schedule's length this returns the schedule itself."""
+        if N == self.N:
+            return self.schedule
+        return super().discretize(N)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": "ScheduleVPSDE", "betas": self.schedule.betas.tolist()}
+
+
+class SubVPSDE(_LinearBeta, SDE):
+    r"""Sub-VP SDE (Song et al. 2021), same drift as VP, smaller diffusion:
+
+    .. math:: dx = -\tfrac12\beta(t)\,x\,dt + \sqrt{\beta(t)(1 - e^{-2B(t)})}\,dw,
+
+    :math:`\alpha = e^{-B/2}`, :math:`\sigma = 1 - e^{-B}` (so :math:`\alpha^2+\sigma^2 \le 1`),
+    :math:`\lambda = -B - 2\log(1 - e^{-B})`. Prior :math:`N(0, I)`.
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
+        self._init_beta(beta_min, beta_max)
+
+    def _f(self, t: Tensor) -> Tensor:
+        return -0.5 * self.beta(t)
+
+    def _g2(self, t: Tensor) -> Tensor:
+        return self.beta(t) * -torch.expm1(-2.0 * self.beta_integral(t))
+
+    def _log_alpha(self, t: Tensor) -> Tensor:
+        return -0.5 * self.beta_integral(t)
+
+    def _sigma(self, t: Tensor) -> Tensor:
+        return -torch.expm1(-self.beta_integral(t))
+
+    def _log_snr(self, t: Tensor) -> Tensor:
+        b = self.beta_integral(t)
+        return -b - 2.0 * torch.log(-torch.expm1(-b))
+
+    def _log_snr_inverse(self, lam: Tensor) -> Tensor:
+        # u = e^{-B} solves e^lam (1-u)^2 = u; the root in (0, 1) gives
+        # B = log(1 + e^{-lam} (1 + sqrt(1 + 4 e^{lam})) / 2), evaluated without overflow.
+        c = torch.log(0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * torch.exp(torch.clamp(lam, max=80.0)))))
+        b = torch.logaddexp(torch.zeros_like(lam), -lam + c)
+        return self.beta_integral_inverse(b)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": "SubVPSDE", "beta_min": self.beta_min, "beta_max": self.beta_max}
+
+
+class VESDE(SDE):
+    r"""Variance-exploding SDE (Song et al. 2021; SMLD's continuous limit).
+
+    .. math:: dx = \sigma(t)\sqrt{2\log(\sigma_{max}/\sigma_{min})}\,dw, \qquad
+              \sigma(t) = \sigma_{min}(\sigma_{max}/\sigma_{min})^t,
+
+    :math:`f = 0`, :math:`\alpha = 1`, :math:`\lambda = -2\log\sigma(t)`. As in Song et al.,
+    :math:`\sigma(0) = \sigma_{min} > 0`: the marginal at ``t`` is exactly
+    :math:`p_{data} * N(0, \sigma(t)^2 I)` when the SDE starts from
+    :math:`p_{data} * N(0, \sigma_{min}^2 I)`. Prior :math:`N(0, \sigma_{max}^2 I)`;
+    sampling stops at ``1e-5``.
+    """
+
+    sample_eps = 1e-5
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0) -> None:
+        self.sigma_min = _check_positive("sigma_min", sigma_min)
+        self.sigma_max = _check_positive("sigma_max", sigma_max)
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={sigma_min}, "
+                             f"sigma_max={sigma_max}")
+        self._log_ratio = math.log(self.sigma_max / self.sigma_min)
+        self.prior_std = self.sigma_max
+
+    def _f(self, t: Tensor) -> Tensor:
+        return torch.zeros_like(t)
+
+    def _g2(self, t: Tensor) -> Tensor:
+        return self._sigma(t) ** 2 * (2.0 * self._log_ratio)
+
+    def _log_alpha(self, t: Tensor) -> Tensor:
+        return torch.zeros_like(t)
+
+    def _sigma(self, t: Tensor) -> Tensor:
+        return self.sigma_min * torch.exp(t * self._log_ratio)
+
+    def _log_snr(self, t: Tensor) -> Tensor:
+        return -2.0 * (math.log(self.sigma_min) + t * self._log_ratio)
+
+    def _log_snr_inverse(self, lam: Tensor) -> Tensor:
+        return (-0.5 * lam - math.log(self.sigma_min)) / self._log_ratio
+
+    def config(self) -> dict[str, Any]:
+        return {"name": "VESDE", "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+
+
+def sde_from_config(cfg: dict[str, Any]) -> SDE:
+    """Rebuild an SDE from :meth:`SDE.config` (used by checkpoints)."""
+    if not isinstance(cfg, dict) or "name" not in cfg:
+        raise ValueError(f"an SDE config is a dict with a 'name' key, got {cfg!r}")
+    kw = {k: v for k, v in cfg.items() if k != "name"}
+    name = cfg["name"]
+    if name == "ScheduleVPSDE":
+        from .schedules import DiscreteSchedule
+
+        return ScheduleVPSDE(DiscreteSchedule(torch.tensor(kw["betas"], dtype=torch.float64)))
+    classes = {"VPSDE": VPSDE, "CosineVPSDE": CosineVPSDE, "SubVPSDE": SubVPSDE, "VESDE": VESDE}
+    if name not in classes:
+        raise ValueError(f"unknown SDE name {name!r}; known: {sorted(classes) + ['ScheduleVPSDE']}")
+    return classes[name](**kw)

@@ -1,0 +1,236 @@
+r"""A thin training loop around :func:`~scoresde.dsm_loss`.
+
+Adam/AdamW with linear learning-rate warm-up, gradient-norm clipping, an exponential moving
+average (EMA) of the weights (Polyak averaging, as in Ho et al. 2020 and Song et al. 2021),
+a tqdm progress bar with the running loss, atomic checkpoints and exact resume: the
+trainer's own ``torch.Generator`` state is checkpointed with the optimizer, so a run resumed
+from step ``k`` reaches the same parameters as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .checkpoint import load_checkpoint, save_checkpoint
+from .losses import WEIGHTINGS, dsm_loss
+from .models import ScoreModel
+
+Tensor = torch.Tensor
+DataSource = Tensor | Callable[[int, torch.Generator], Tensor]
+LossFn = Callable[[ScoreModel, Tensor, torch.Generator], Tensor]
+
+__all__ = ["Trainer"]
+
+
+class Trainer:
+    r"""Train a :class:`~scoresde.ScoreModel` by denoising score matching.
+
+    **Arguments** (all keyword-only but ``model``):
+    - ``lr``: peak learning rate; ``warmup_steps``: linear warm-up
+      :math:`\text{lr}_k = \text{lr}\cdot\min(1, (k+1)/\text{warmup})`.
+    - ``optimizer``: ``"adam"`` or ``"adamw"``; ``weight_decay``.
+    - ``grad_clip``: max global gradient norm (``None``: no clipping).
+    - ``ema_decay``: EMA rate :math:`\mu`, :math:`\bar\theta \leftarrow \mu\bar\theta + (1-\mu)\theta`
+      (``None``: no EMA).
+    - ``batch_size``; ``weighting`` and ``importance_sampling`` are passed to :func:`dsm_loss`;
+      ``loss_fn(model, batch, generator)`` replaces the loss entirely (e.g. :func:`ddpm_loss`).
+    - ``seed``: seeds the trainer's own generator (batches, times, noise).
+    - ``checkpoint_dir``, ``checkpoint_every``: write ``last.pt`` there every so many steps
+      and at the end.
+    - ``progress``: show a tqdm bar.
+
+    The loss history is ``trainer.losses`` (one float per step).
+    """
+
+    def __init__(self, model: ScoreModel, *, lr: float = 1e-3, optimizer: str = "adam",
+                 weight_decay: float = 0.0, warmup_steps: int = 0,
+                 grad_clip: float | None = 1.0, ema_decay: float | None = 0.999,
+                 batch_size: int = 256, weighting: str = "sigma2",
+                 importance_sampling: bool = False, loss_fn: LossFn | None = None,
+                 seed: int = 0, checkpoint_dir: str | os.PathLike | None = None,
+                 checkpoint_every: int | None = None, progress: bool = True) -> None:
+        if not isinstance(model, ScoreModel):
+            raise TypeError(f"model must be a ScoreModel, got {type(model).__name__}")
+        if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"lr must be a positive number, got {lr!r}")
+        if optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {optimizer!r}")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        for name, v, lo in (("batch_size", batch_size, 1), ("warmup_steps", warmup_steps, 0)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if grad_clip is not None and not grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive or None, got {grad_clip!r}")
+        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1) or be None, got {ema_decay!r}")
+        if checkpoint_every is not None and (not isinstance(checkpoint_every, int)
+                                             or checkpoint_every < 1):
+            raise ValueError(f"checkpoint_every must be a positive integer, got "
+                             f"{checkpoint_every!r}")
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters")
+        self.model = model
+        self.lr, self.warmup_steps, self.grad_clip = float(lr), warmup_steps, grad_clip
+        self.batch_size, self.weighting = batch_size, weighting
+        self.importance_sampling = importance_sampling
+        self.loss_fn = loss_fn
+        self.ema_decay = ema_decay
+        opt_cls = torch.optim.Adam if optimizer == "adam" else torch.optim.AdamW
+        self.optimizer = opt_cls(params, lr=self.lr, weight_decay=weight_decay)
+        self.optimizer_name, self.weight_decay, self.seed = optimizer, weight_decay, seed
+        self.ema_net = None
+        if ema_decay is not None:
+            self.ema_net = copy.deepcopy(model.net).requires_grad_(False)
+        self.generator = torch.Generator(device=model.device).manual_seed(seed)
+        self.step = 0
+        self.losses: list[float] = []
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.checkpoint_every = checkpoint_every
+        self.progress = progress
+
+    # ----- data -----------------------------------------------------------------------
+    def _batch(self, data: DataSource) -> Tensor:
+        if callable(data) and not isinstance(data, Tensor):
+            return data(self.batch_size, self.generator)
+        idx = torch.randint(0, data.shape[0], (self.batch_size,), generator=self.generator,
+                            device=self.generator.device)
+        return data[idx.to(data.device)]
+
+    def _check_data(self, data: DataSource) -> None:
+        if isinstance(data, Tensor):
+            if data.dim() < 2 or data.shape[0] < 1 or not data.is_floating_point():
+                raise ValueError(f"data must be a floating tensor of shape (N, *event_shape), "
+                                 f"got {data.dtype} of shape {tuple(data.shape)}")
+        elif not callable(data):
+            raise TypeError("data must be a tensor (N, *event_shape) or a callable "
+                            f"(batch_size, generator) -> batch, got {type(data).__name__}")
+
+    def _loss(self, batch: Tensor) -> Tensor:
+        if self.loss_fn is not None:
+            return self.loss_fn(self.model, batch, self.generator)
+        return dsm_loss(self.model, batch, self.weighting, self.generator,
+                        importance_sampling=self.importance_sampling)
+
+    # ----- the loop ---------------------------------------------------------------------
+    def fit(self, data: DataSource, steps: int) -> Trainer:
+        """Train until ``self.step == steps`` (a resumed trainer continues from its step).
+
+        **Raises:** ``ValueError`` naming the step if a batch or the loss holds NaN/Inf; the
+        update is not applied and no checkpoint is written after it, so the last good
+        checkpoint stays intact.
+        """
+        self._check_data(data)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+        device = self.model.device
+        if isinstance(data, Tensor):
+            data = data.to(device)
+        self.model.train()
+        bar = tqdm(total=steps, initial=self.step, disable=not self.progress, desc="train",
+                   dynamic_ncols=True)
+        running = None
+        try:
+            while self.step < steps:
+                batch = self._batch(data).to(device)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.lr * min(1.0, (self.step + 1) / max(1, self.warmup_steps))
+                loss = self._loss(batch)
+                value = loss.item()
+                if not math.isfinite(value):
+                    what = ("the training batch contains NaN/Inf"
+                            if not bool(torch.isfinite(batch).all())
+                            else "the loss is NaN/Inf (network output or divergence)")
+                    raise ValueError(f"training stopped at step {self.step}: {what}; the update "
+                                     "was not applied" + self._last_good())
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+                self.optimizer.step()
+                self._update_ema()
+                self.step += 1
+                self.losses.append(value)
+                running = value if running is None else 0.98 * running + 0.02 * value
+                bar.update(1)
+                bar.set_postfix(loss=f"{running:.4f}", refresh=False)
+                if (self.checkpoint_every and self.step % self.checkpoint_every == 0
+                        and self.checkpoint_dir is not None):
+                    self.save(self.checkpoint_dir / "last.pt")
+        finally:
+            bar.close()
+            self.model.eval()
+        if self.checkpoint_dir is not None and self.checkpoint_every:
+            self.save(self.checkpoint_dir / "last.pt")
+        return self
+
+    def _last_good(self) -> str:
+        if self.checkpoint_dir is not None and (self.checkpoint_dir / "last.pt").exists():
+            return f"; the last good checkpoint is {self.checkpoint_dir / 'last.pt'}"
+        return ""
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema_net is None:
+            return
+        ema = list(self.ema_net.parameters())
+        cur = list(self.model.net.parameters())
+        torch._foreach_lerp_(ema, cur, 1.0 - self.ema_decay)
+        for b_ema, b in zip(self.ema_net.buffers(), self.model.net.buffers(), strict=True):
+            b_ema.copy_(b)
+
+    def ema_model(self) -> ScoreModel:
+        """A copy of the model with the EMA weights (the model itself if there is no EMA)."""
+        if self.ema_net is None:
+            return self.model
+        return ScoreModel(copy.deepcopy(self.ema_net), self.model.sde,
+                          prediction=self.model.prediction).eval()
+
+    # ----- checkpoints ------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        net = self.model.net
+        meta: dict[str, Any] = {
+            "sde": self.model.sde.config(), "prediction": self.model.prediction,
+            "net_class": type(net).__name__,
+            "net": net.config() if hasattr(net, "config") else None,
+            "trainer": {"lr": self.lr, "optimizer": self.optimizer_name,
+                        "weight_decay": self.weight_decay, "warmup_steps": self.warmup_steps,
+                        "grad_clip": self.grad_clip, "ema_decay": self.ema_decay,
+                        "batch_size": self.batch_size, "weighting": self.weighting,
+                        "importance_sampling": self.importance_sampling, "seed": self.seed},
+            "versions": {"scoresde": __version__, "torch": str(torch.__version__)},
+        }
+        return {"step": self.step, "model": net.state_dict(),
+                "ema": self.ema_net.state_dict() if self.ema_net is not None else None,
+                "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(), "losses": list(self.losses),
+                "meta": meta}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a checkpoint atomically (see :mod:`scoresde.checkpoint`)."""
+        return save_checkpoint(self.state(), path)
+
+    def load(self, path: str | os.PathLike) -> Trainer:
+        """Restore model, EMA, optimizer, generator, step and losses from a checkpoint."""
+        ckpt = load_checkpoint(path)
+        cfg = self.model.sde.config()
+        if ckpt["meta"]["sde"] != cfg:
+            raise ValueError(f"checkpoint SDE {ckpt['meta']['sde']} != trainer SDE {cfg}")
+        self.model.net.load_state_dict(ckpt["model"])
+        if self.ema_net is not None and ckpt.get("ema") is not None:
+            self.ema_net.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.generator.set_state(ckpt["generator"].cpu())
+        self.step = int(ckpt["step"])
+        self.losses = [float(v) for v in ckpt["losses"]]
+        return self
