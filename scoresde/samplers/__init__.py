@@ -1,0 +1,32 @@
+"""Samplers: solvers of the reverse SDE and the probability-flow ODE, one file each, one
+registry (`SOLVERS`), one entry point (`sample`)."""
+
+from . import ancestral, ddim, dpm_solver, euler_maruyama, heun, pc, pf_ode, torchsde_solver  # noqa: F401
+from .ancestral import Ancestral
+from .base import (
+    AdaptiveSolver,
+    BudgetError,
+    FixedGridSolver,
+    SamplingError,
+    Solver,
+    StepContext,
+    tweedie_denoise,
+)
+from .ddim import DDIM
+from .dpm_solver import DPMSolverPP2M
+from .euler_maruyama import EulerMaruyama
+from .grids import GRIDS, KarrasGrid, LogSNRGrid, QuadraticGrid, TimeGrid, UniformGrid, get_grid
+from .heun import Heun
+from .pc import PredictorCorrector
+from .pf_ode import ProbabilityFlowODE, pf_ode_rhs
+from .registry import SOLVERS, make_solver, register_solver
+from .sampling import SampleResult, sample
+from .torchsde_solver import TorchSDE
+
+__all__ = [
+    "SOLVERS", "register_solver", "make_solver", "sample", "SampleResult",
+    "Solver", "FixedGridSolver", "AdaptiveSolver", "StepContext", "SamplingError", "BudgetError",
+    "tweedie_denoise", "GRIDS", "TimeGrid", "UniformGrid", "QuadraticGrid", "LogSNRGrid",
+    "KarrasGrid", "get_grid", "EulerMaruyama", "Ancestral", "DDIM", "ProbabilityFlowODE",
+    "pf_ode_rhs", "Heun", "PredictorCorrector", "TorchSDE", "DPMSolverPP2M",
+]

@@ -1,0 +1,226 @@
+r"""Solver interface: fixed-grid solvers implement `step`, adaptive ones implement `solve`.
+
+A solver declares
+
+- `order`: its convergence order (weak order for stochastic solvers);
+- `stochastic`: whether it injects noise;
+- its cost: `nfe_for_steps(n)`, the number of network evaluations for ``n`` steps
+  (``cost_per_step * n`` unless the solver says otherwise, e.g. Heun's ``2n - 1``).
+
+The common loop lives once, in `FixedGridSolver.solve`: it walks the grid, records the
+trajectory if asked, and detects NaN/Inf without a host synchronisation per step (the first
+bad step is tracked on the device and checked once at the end).
+
+Manual stepping (a notebook can drive any fixed-grid solver itself):
+
+```python
+solver = sd.SOLVERS["ddim"](eta=0.0)
+grid = sd.samplers.UniformGrid()(model.sde, 50, 1e-3)
+ctx = solver.start(model, x_T, grid, generator=g)
+x = x_T
+for i in range(len(grid) - 1):
+    x = solver.step(ctx, x, i)
+```
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from tqdm.auto import tqdm
+
+from .._checks import bcast
+from ..models import ScoreModel
+
+Tensor = torch.Tensor
+
+__all__ = ["Solver", "FixedGridSolver", "AdaptiveSolver", "StepContext", "SamplingError",
+           "BudgetError"]
+
+
+class SamplingError(RuntimeError):
+    """NaN or Inf appeared while sampling; the message names the solver, step and time."""
+
+
+class BudgetError(ValueError):
+    """An NFE budget a solver cannot meet exactly; the message lists the budgets it can meet."""
+
+
+@dataclass
+class StepContext:
+    r"""Everything a step needs, computed once per solve.
+
+    **Attributes:** `model`; `grid` (the times, float64, shape ``(n+1,)``); `generator`;
+    per-grid-point coefficients on ``x``'s device and dtype, shape ``(n+1,)``: `t`,
+    `alpha`, `sigma`, `f` ($f(t)$), `g2` ($g(t)^2$), `lam` ($\lambda(t)$); and `state`, a dict
+    the solver may use for its own history (multistep methods).
+    """
+
+    model: ScoreModel
+    grid: Tensor
+    generator: torch.Generator | None
+    t: Tensor
+    alpha: Tensor
+    sigma: Tensor
+    f: Tensor
+    g2: Tensor
+    lam: Tensor
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sde(self):
+        return self.model.sde
+
+    @property
+    def n_steps(self) -> int:
+        return self.grid.shape[0] - 1
+
+    def eps(self, x: Tensor, i: int) -> Tensor:
+        r"""$\hat\varepsilon(x, t_i)$: one network evaluation at grid point ``i``."""
+        return self.model._eps(x, self.t[i], self.alpha[i], self.sigma[i])
+
+    def score(self, x: Tensor, i: int) -> Tensor:
+        r"""$s(x, t_i) = -\hat\varepsilon/\sigma_i$: one network evaluation."""
+        return -self.eps(x, i) / self.sigma[i]
+
+    def noise(self, x: Tensor) -> Tensor:
+        """Standard normal noise like ``x``, drawn from the context's generator."""
+        return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
+
+
+class Solver(ABC):
+    """Base class of every sampler. Subclasses set `name`, `order`, `stochastic`."""
+
+    name: ClassVar[str] = ""
+    order: ClassVar[float] = 1.0
+    stochastic: ClassVar[bool] = False
+    cost_per_step: ClassVar[int] = 1
+    #: solvers that can run without an NFE budget (adaptive step size)
+    adaptive_capable: ClassVar[bool] = False
+
+    def nfe_for_steps(self, n_steps: int) -> int:
+        """Network evaluations used by ``n_steps`` steps (the denoising step excluded)."""
+        return self.cost_per_step * n_steps
+
+    def steps_for_nfe(self, nfe: int, extra: int = 0) -> int:
+        """The number of steps whose cost plus ``extra`` (the denoising step) is exactly
+        ``nfe``; otherwise `BudgetError` listing the nearest budgets that can be met."""
+        n = 1
+        while self.nfe_for_steps(n) + extra < nfe:
+            n += 1
+        if self.nfe_for_steps(n) + extra != nfe:
+            raise BudgetError(self._budget_message(nfe, extra))
+        return n
+
+    def reachable(self, upto: int, extra: int = 0) -> list[int]:
+        """Total budgets (steps plus ``extra``) reachable up to ``upto``."""
+        out, n = [], 1
+        while self.nfe_for_steps(n) + extra <= upto:
+            out.append(self.nfe_for_steps(n) + extra)
+            n += 1
+        return out
+
+    def _budget_message(self, nfe: int, extra: int = 0) -> str:
+        ok = self.reachable(max(nfe, 1) + 4 * max(1, self.nfe_for_steps(1)), extra)
+        lower = [k for k in ok if k < nfe][-3:]
+        higher = [k for k in ok if k > nfe][:3]
+        den = " + 1 for the final denoising step" if extra else ""
+        return (f"solver {self.name!r} cannot use exactly nfe={nfe}: it costs "
+                f"{self._cost_formula()}{den}; the nearest budgets it can meet are "
+                f"{lower + higher}")
+
+    def _cost_formula(self) -> str:
+        return f"{self.cost_per_step}n evaluations for n steps"
+
+    @abstractmethod
+    def solve(self, model: ScoreModel, x: Tensor, grid: Tensor,
+              generator: torch.Generator | None = None, *, trajectory: bool = False,
+              progress: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Integrate from ``grid[0] = T`` to ``grid[-1]`` on the given grid.
+        **Returns:** ``(x_end, trajectory or None)``."""
+
+    @classmethod
+    def options(cls) -> list[str]:
+        """Names of the keyword options the solver accepts."""
+        params = inspect.signature(cls.__init__).parameters
+        return [p for p in params if p != "self"]
+
+    def __repr__(self) -> str:
+        opts = {k: getattr(self, k) for k in self.options() if hasattr(self, k)}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in opts.items())})"
+
+
+class FixedGridSolver(Solver):
+    """A solver defined by one step on a time grid; the loop lives in `solve`."""
+
+    def start(self, model: ScoreModel, x: Tensor, grid: Tensor,
+              generator: torch.Generator | None = None) -> StepContext:
+        """Precompute the per-grid coefficients and let the solver initialise its state."""
+        sde = model.sde
+        t = grid.to(dtype=x.dtype, device=x.device)
+        g64 = grid.to(torch.float64)
+        coef = [torch.exp(sde._log_alpha(g64)), sde._sigma(g64), sde._f(g64), sde._g2(g64),
+                sde._log_snr(g64)]
+        alpha, sigma, f, g2, lam = (c.to(dtype=x.dtype, device=x.device) for c in coef)
+        ctx = StepContext(model, grid, generator, t, alpha, sigma, f, g2, lam)
+        self.init(ctx, x)
+        return ctx
+
+    def init(self, ctx: StepContext, x: Tensor) -> None:  # noqa: B027 - optional hook
+        """Optional hook: set up ``ctx.state`` before the first step."""
+
+    @abstractmethod
+    def step(self, ctx: StepContext, x: Tensor, i: int) -> Tensor:
+        """Advance ``x`` from ``ctx.grid[i]`` to ``ctx.grid[i + 1]``."""
+
+    def solve(self, model: ScoreModel, x: Tensor, grid: Tensor,
+              generator: torch.Generator | None = None, *, trajectory: bool = False,
+              progress: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Run every step of the grid. **Returns:** ``(x_end, trajectory or None)``;
+        the trajectory has shape ``(n_steps + 1, *x.shape)``.
+
+        **Raises:** `SamplingError` naming the first step that produced NaN/Inf.
+        """
+        ctx = self.start(model, x, grid, generator)
+        n = ctx.n_steps
+        path = [x] if trajectory else None
+        first_bad = torch.full((), -1, dtype=torch.long, device=x.device)
+        for i in tqdm(range(n), disable=not progress, desc=self.name, leave=False):
+            x = self.step(ctx, x, i)
+            bad = ~torch.isfinite(x).all()
+            first_bad = torch.where(bad & (first_bad < 0), i, first_bad)
+            if path is not None:
+                path.append(x)
+        k = int(first_bad)
+        if k >= 0:
+            raise SamplingError(
+                f"solver {self.name!r} produced NaN/Inf at step {k} of {n} "
+                f"(t = {float(grid[k]):.6g} -> {float(grid[k + 1]):.6g})")
+        return x, (torch.stack(path) if path is not None else None)
+
+
+class AdaptiveSolver(Solver):
+    """A solver that owns its loop (torchdiffeq, torchsde): `solve` on a fixed grid, and,
+    with ``nfe=None``, `solve_adaptive`, which adapts its step size to its tolerances; the
+    evaluations it used are counted and reported."""
+
+    adaptive_capable = True
+
+    @abstractmethod
+    def solve_adaptive(self, model: ScoreModel, x: Tensor, t_end: float,
+                       generator: torch.Generator | None) -> Tensor:
+        """Integrate from ``T`` to ``t_end`` with adaptive steps."""
+
+
+def tweedie_denoise(model: ScoreModel, x: Tensor, t_end: float) -> Tensor:
+    r"""Final denoising step at ``t_end``: $\hat x_0 = (x + \sigma^2 s)/\alpha$ (Tweedie's
+    formula; one network evaluation)."""
+    t = torch.tensor(t_end, dtype=x.dtype, device=x.device)
+    sde = model.sde
+    alpha = bcast(torch.exp(sde._log_alpha(t)), x)
+    sigma = bcast(sde._sigma(t), x)
+    return (x - sigma * model._eps(x, t, alpha, sigma)) / alpha

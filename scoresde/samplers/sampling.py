@@ -1,0 +1,131 @@
+"""The one entry point, `sample`: same noise, same budget, any solver."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .._checks import check_finite
+from ..models import ScoreModel
+from .base import AdaptiveSolver, Solver, tweedie_denoise
+from .grids import TimeGrid, get_grid
+from .registry import make_solver
+
+Tensor = torch.Tensor
+
+__all__ = ["sample", "SampleResult"]
+
+
+@dataclass
+class SampleResult:
+    """What `sample` returns.
+
+    **Attributes:**
+    - `x`: the samples, shape ``(B, *event_shape)``.
+    - `nfe`: network evaluations actually used (counted by the model, denoising included).
+    - `times`: the time grid (float64, decreasing from ``T`` to ``t_end``; for an adaptive
+      solve, just ``[T, t_end]``).
+    - `trajectory`: ``(len(times), B, ...)`` states on the grid (with the denoised sample
+      appended when ``denoise=True``), or ``None`` unless asked for.
+    - `x_T`: the starting noise; `solver`: the solver used; `t_end`: the end time.
+    """
+
+    x: Tensor
+    nfe: int
+    times: Tensor
+    trajectory: Tensor | None
+    x_T: Tensor
+    solver: Solver
+    t_end: float
+
+
+def _check_nfe(nfe: Any, denoise: bool) -> None:
+    if isinstance(nfe, bool) or not isinstance(nfe, int):
+        raise TypeError(f"nfe must be an integer or None, got {nfe!r}")
+    low = 2 if denoise else 1
+    if nfe < low:
+        raise ValueError(f"nfe={nfe} is too small: at least one solver step"
+                         f"{' plus the denoising step' if denoise else ''} is needed "
+                         f"(nfe >= {low})")
+
+
+def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
+           solver: str | Solver = "euler_maruyama", nfe: int | None = 100,
+           generator: torch.Generator | None = None, x_T: Tensor | None = None, *,
+           t_end: float | None = None, grid: str | TimeGrid = "uniform", denoise: bool = True,
+           trajectory: bool = False, progress: bool = False, **options: Any) -> SampleResult:
+    r"""Draw samples by solving the reverse SDE or the probability-flow ODE from ``T`` to
+    ``t_end``.
+
+    **Arguments:**
+    - ``model``: a `ScoreModel`.
+    - ``shape``: ``(B, *event_shape)``; may be omitted when ``x_T`` is given.
+    - ``solver``: a name in `SOLVERS` (e.g. ``"euler_maruyama"``, ``"ddim"``) or an instance;
+      ``**options`` go to its constructor (e.g. ``eta=0.5``).
+    - ``nfe``: the total number of network evaluations, the final denoising step included;
+      ``None`` for an adaptive solve (``pf_ode``, ``torchsde`` only).
+    - ``generator``: all randomness (prior draw and solver noise).
+    - ``x_T``: starting noise (its dtype and device are kept); drawn from the prior if None.
+    - ``t_end``: end time, default ``model.sde.sample_eps``.
+    - ``grid``: a name in `GRIDS` (``"uniform"``, ``"quadratic"``, ``"logsnr"``,
+      ``"karras"``) or a `TimeGrid`.
+    - ``denoise``: finish with Tweedie's step $\hat x_0 = (x + \sigma^2 s)/\alpha$ at
+      ``t_end`` (one evaluation, counted in ``nfe``).
+    - ``trajectory``: also return the states on the grid; ``progress``: show a tqdm bar.
+
+    **Returns:** a `SampleResult`.
+
+    **Raises:** `BudgetError` (a ``ValueError``) if the solver cannot use exactly ``nfe``
+    evaluations (the message lists budgets it can meet); `SamplingError` if NaN/Inf appears
+    (naming the step and time); ``ValueError``/``TypeError`` for bad arguments.
+    """
+    if not isinstance(model, ScoreModel):
+        raise TypeError(f"model must be a ScoreModel, got {type(model).__name__}")
+    slv = make_solver(solver, **options)
+    sde = model.sde
+    t_end = sde.sample_eps if t_end is None else float(t_end)
+    if not 0.0 < t_end < sde.T:
+        raise ValueError(f"t_end must lie in (0, T) = (0, {sde.T}), got {t_end}")
+    if x_T is None:
+        if shape is None:
+            raise ValueError("give the sample shape (B, *event_shape) or the starting noise x_T")
+        shape = tuple(shape)
+        if len(shape) < 2 or any((not isinstance(s, int)) or s < 1 for s in shape):
+            raise ValueError(f"shape must be (B, *event_shape) of positive integers, got {shape}")
+        device = generator.device if generator is not None else model.device
+        x_T = sde.prior_sample(shape, generator, dtype=torch.get_default_dtype(), device=device)
+    else:
+        if not isinstance(x_T, Tensor) or not x_T.is_floating_point() or x_T.dim() < 2:
+            raise ValueError("x_T must be a floating tensor of shape (B, *event_shape)")
+        if shape is not None and tuple(shape) != tuple(x_T.shape):
+            raise ValueError(f"shape {tuple(shape)} does not match x_T's shape {tuple(x_T.shape)}")
+        check_finite(x_T, "x_T")
+    start = model.n_evals
+    with torch.no_grad():
+        if nfe is None:
+            if not (isinstance(slv, AdaptiveSolver) and slv.adaptive_capable):
+                raise ValueError(f"solver {slv.name!r} needs an NFE budget (nfe=None means an "
+                                 "adaptive solve, which only 'pf_ode' and 'torchsde' support)")
+            if trajectory:
+                raise ValueError("trajectory=True needs a fixed grid (give nfe)")
+            x = slv.solve_adaptive(model, x_T, t_end, generator)
+            times = torch.tensor([sde.T, t_end], dtype=torch.float64)
+            path = None
+        else:
+            _check_nfe(nfe, denoise)
+            n_steps = slv.steps_for_nfe(nfe, extra=int(denoise))
+            times = get_grid(grid)(sde, n_steps, t_end)
+            x, path = slv.solve(model, x_T, times, generator, trajectory=trajectory,
+                                progress=progress)
+        if denoise:
+            x = tweedie_denoise(model, x, t_end)
+            if path is not None:
+                path = torch.cat([path, x[None]])
+    used = model.n_evals - start
+    if nfe is not None and used != nfe:
+        raise RuntimeError(f"internal NFE accounting error: solver {slv.name!r} declared "
+                           f"{nfe} evaluations but the model counted {used}")
+    return SampleResult(x=x, nfe=used, times=times, trajectory=path, x_T=x_T, solver=slv,
+                        t_end=t_end)
