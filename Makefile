@@ -5,8 +5,9 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
-.PHONY: demo test lint setup clean
+.PHONY: demo test lint docs setup clean
 
 setup: $(STAMP)
 
@@ -14,18 +15,24 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,docs]"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m scoresde demo
 
+# The docs build runs before pytest so that pytest's summary stays the last line.
 test: $(STAMP)
 	$(PY) -m ruff check scoresde tests experiments
+	$(MKDOCS) --quiet
 	$(PY) -m pytest -q
+
+# The documentation site (mkdocs.yml) into site/; --strict turns every warning into an error.
+docs: $(STAMP)
+	$(MKDOCS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check scoresde tests experiments
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info

@@ -2,7 +2,7 @@
 
 Inputs are checked once, at the public entry points, and the checks are cheap: on the
 CPU a value check costs nothing; on an accelerator a range check would force a host
-synchronisation, so there it is done with ``torch._assert_async`` instead.
+synchronisation, so there it is done with `torch._assert_async` instead.
 """
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ Tensor = torch.Tensor
 
 def as_time(t: float | Tensor, batch: int | None, ref: Tensor | None = None, *,
             T: float = 1.0, name: str = "t") -> Tensor:
-    """Return ``t`` as a tensor of shape ``()`` or ``(B,)``, checked to lie in ``[0, T]``.
+    """Return `t` as a tensor of shape `()` or `(B,)`, checked to lie in `[0, T]`.
 
     **Arguments:**
-    - ``t``: a Python number, a 0-d tensor or a tensor of shape ``(B,)``.
-    - ``batch``: the batch size ``B`` that a 1-d ``t`` must have (``None``: any).
-    - ``ref``: a tensor whose dtype and device ``t`` is converted to (floating dtypes only).
 
-    **Raises:** ``TypeError`` for a non-numeric ``t``; ``ValueError`` for a wrong shape, a
-    non-finite value or a value outside ``[0, T]``.
+    - `t`: a Python number, a 0-d tensor or a tensor of shape `(B,)`.
+    - `batch`: the batch size `B` that a 1-d `t` must have (`None`: any).
+    - `ref`: a tensor whose dtype and device `t` is converted to (floating dtypes only).
+
+    **Raises:** `TypeError` for a non-numeric `t`; `ValueError` for a wrong shape, a
+    non-finite value or a value outside `[0, T]`.
     """
     if isinstance(t, bool) or not isinstance(t, (int, float, Tensor)):
         raise TypeError(f"{name} must be a float or a tensor, got {type(t).__name__}")
@@ -53,15 +54,15 @@ def as_time(t: float | Tensor, batch: int | None, ref: Tensor | None = None, *,
 
 
 def bcast(c: Tensor, x: Tensor) -> Tensor:
-    """Reshape a per-sample coefficient of shape ``()`` or ``(B,)`` to broadcast against
-    ``x`` of shape ``(B, *event_shape)``."""
+    """Reshape a per-sample coefficient of shape `()` or `(B,)` to broadcast against
+    `x` of shape `(B, *event_shape)`."""
     if c.dim() == 0:
         return c
     return c.reshape(c.shape + (1,) * (x.dim() - 1))
 
 
 def check_batch(x: Tensor, name: str = "x") -> None:
-    """Check that ``x`` is a floating tensor with a batch dimension."""
+    """Check that `x` is a floating tensor with a batch dimension."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 1:
@@ -71,7 +72,7 @@ def check_batch(x: Tensor, name: str = "x") -> None:
 
 
 def check_finite(x: Tensor, what: str) -> None:
-    """Raise ``ValueError`` if ``x`` holds NaN or Inf (one host sync)."""
+    """Raise `ValueError` if `x` holds NaN or Inf (one host sync)."""
     if not bool(torch.isfinite(x).all()):
         n_bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{what} contains {n_bad} NaN/Inf value(s)")

@@ -1,9 +1,9 @@
 """torchdiffeq glue, written once: integrate between two times with every evaluation kept
-inside the time range, fixed grids through ``grid_constructor``, and clear errors.
+inside the time range, fixed grids through `grid_constructor`, and clear errors.
 
-torchdiffeq's adaptive solvers probe the right-hand side at ``t0 + h0`` to choose the first
-step, and ``h0`` can overshoot the end time; a score network must never be called outside
-``[t_end, T]`` (DESIGN.md), so the right-hand side sees ``t`` clamped to the range.
+torchdiffeq's adaptive solvers probe the right-hand side at `t0 + h0` to choose the first
+step, and `h0` can overshoot the end time; a score network must never be called outside
+`[t_end, T]` (DESIGN.md), so the right-hand side sees `t` clamped to the range.
 """
 
 from __future__ import annotations
@@ -35,18 +35,19 @@ def check_tolerances(rtol: float, atol: float) -> None:
 def odeint_range(func: Callable[[Tensor, State], State], y0: State, t_start: float,
                  t_end: float, *, method: str = "dopri5", rtol: float = 1e-5,
                  atol: float = 1e-5, grid: Tensor | None = None,
-                 max_num_steps: int | None = None, options: dict[str, Any] | None = None
-                 ) -> State:
-    """Integrate ``dy/dt = func(t, y)`` from ``t_start`` to ``t_end`` (either direction).
+                 max_num_steps: int | None = None, options: dict[str, Any] | None = None,
+                 return_path: bool = False) -> State:
+    """Integrate `dy/dt = func(t, y)` from `t_start` to `t_end` (either direction).
 
     **Arguments:**
-    - ``method``: any torchdiffeq method; adaptive ones use ``rtol``/``atol``.
-    - ``grid``: for fixed-grid methods, the full time grid from ``t_start`` to ``t_end``
+
+    - `method`: any torchdiffeq method; adaptive ones use `rtol`/`atol`.
+    - `grid`: for fixed-grid methods, the full time grid from `t_start` to `t_end`
       (monotone, 1-d); one step of the method per grid interval.
-    - ``max_num_steps``: adaptive step limit; exceeding it raises ``RuntimeError`` naming
+    - `max_num_steps`: adaptive step limit; exceeding it raises `RuntimeError` naming
       the time reached.
 
-    **Returns:** the state at ``t_end``.
+    **Returns:** the state at `t_end`.
     """
     if method not in _TORCHDIFFEQ_SOLVERS:
         raise ValueError(f"unknown torchdiffeq method {method!r}; known: "
@@ -70,7 +71,12 @@ def odeint_range(func: Callable[[Tensor, State], State], y0: State, t_start: flo
     opts = dict(options or {})
     if grid is not None:
         g = grid.to(dtype=tdtype, device=ref.device)
-        opts["grid_constructor"] = lambda *_: g
+        if return_path:
+            ts = g
+        else:
+            opts["grid_constructor"] = lambda *_: g
+    elif return_path:
+        raise ValueError("return_path needs a fixed grid")
     if max_num_steps is not None:
         opts["max_num_steps"] = int(max_num_steps)
     try:
@@ -83,6 +89,8 @@ def odeint_range(func: Callable[[Tensor, State], State], y0: State, t_start: flo
                                f"max_num_steps={max_num_steps} and stopped at t={reached:.6g}; "
                                "loosen rtol/atol or raise max_num_steps") from None
         raise
+    if return_path:
+        return out
     if isinstance(out, tuple):
         return tuple(o[-1] for o in out)
     return out[-1]

@@ -1,15 +1,17 @@
 r"""Exact oracle: a Gaussian mixture pushed through any of our SDEs.
 
-If :math:`x_0 \sim \sum_k w_k N(\mu_k, \Sigma_k)` and :math:`x_t = \alpha x_0 + \sigma\varepsilon`,
-then :math:`x_t \sim \sum_k w_k N(\alpha\mu_k, \alpha^2\Sigma_k + \sigma^2 I)` exactly, so the
+If $x_0 \sim \sum_k w_k N(\mu_k, \Sigma_k)$ and $x_t = \alpha x_0 + \sigma\varepsilon$,
+then $x_t \sim \sum_k w_k N(\alpha\mu_k, \alpha^2\Sigma_k + \sigma^2 I)$ exactly, so the
 marginal density and its score
 
-.. math:: \nabla_x \log p_t(x) = -\sum_k r_k(x)\,(\alpha^2\Sigma_k + \sigma^2 I)^{-1}(x - \alpha\mu_k),
-          \qquad r_k(x) = \frac{w_k N_k(x)}{\sum_j w_j N_j(x)},
+$$
+\nabla_x \log p_t(x) = -\sum_k r_k(x)\,(\alpha^2\Sigma_k + \sigma^2 I)^{-1}(x - \alpha\mu_k),
+\qquad r_k(x) = \frac{w_k N_k(x)}{\sum_j w_j N_j(x)},
+$$
 
-are in closed form. With :math:`\Sigma_k = U_k \operatorname{diag}(\ell_k) U_k^\top`
-computed once, :math:`\alpha^2\Sigma_k + \sigma^2 I = U_k\operatorname{diag}(\alpha^2\ell_k +
-\sigma^2)U_k^\top`, so every time costs only a rotation: no factorisation per ``t``.
+are in closed form. With $\Sigma_k = U_k \operatorname{diag}(\ell_k) U_k^\top$
+computed once, $\alpha^2\Sigma_k + \sigma^2 I = U_k\operatorname{diag}(\alpha^2\ell_k +
+\sigma^2)U_k^\top$, so every time costs only a rotation: no factorisation per `t`.
 Solvers and likelihoods are tested against it with zero model error.
 """
 
@@ -29,15 +31,16 @@ __all__ = ["GaussianMixture"]
 
 
 class GaussianMixture:
-    r"""A Gaussian mixture :math:`\sum_k w_k N(\mu_k, \Sigma_k)` in :math:`\mathbb R^D`.
+    r"""A Gaussian mixture $\sum_k w_k N(\mu_k, \Sigma_k)$ in $\mathbb R^D$.
 
     **Arguments:**
-    - ``weights``: shape ``(K,)``, positive, summing to 1.
-    - ``means``: shape ``(K, D)``.
-    - ``covs``: shape ``(K, D, D)``, symmetric positive semi-definite (positive definite for
-      :meth:`log_prob` at ``t = 0``).
-    - ``event_shape``: shape of one sample (default ``(D,)``); e.g. ``(1, 2, 2)`` for ``D = 4``
-      image-shaped data. Methods take ``x`` of shape ``(B, *event_shape)``.
+
+    - `weights`: shape `(K,)`, positive, summing to 1.
+    - `means`: shape `(K, D)`.
+    - `covs`: shape `(K, D, D)`, symmetric positive semi-definite (positive definite for
+      [`log_prob`][scoresde.analytic.GaussianMixture.log_prob] at `t = 0`).
+    - `event_shape`: shape of one sample (default `(D,)`); e.g. `(1, 2, 2)` for `D = 4`
+      image-shaped data. Methods take `x` of shape `(B, *event_shape)`.
 
     Parameters are kept in float64 and cast to the input's dtype/device on use.
     """
@@ -80,7 +83,7 @@ class GaussianMixture:
                spread: float = 2.0, min_std: float = 0.2, max_std: float = 0.8
                ) -> GaussianMixture:
         """A random mixture with full covariances (Dirichlet-like weights, means of scale
-        ``spread``, covariance eigenvalues in ``[min_std², max_std²]`` with random rotations)."""
+        `spread`, covariance eigenvalues in `[min_std², max_std²]` with random rotations)."""
         g = generator
         w = torch.rand(n_components, generator=g, dtype=torch.float64) + 0.5
         mu = spread * torch.randn(n_components, dim, generator=g, dtype=torch.float64)
@@ -94,7 +97,8 @@ class GaussianMixture:
 
     @classmethod
     def eight_gaussians(cls, **kwargs: float) -> GaussianMixture:
-        """The '8 Gaussians' toy target of :func:`scoresde.data.eight_gaussians`, exactly."""
+        """The '8 Gaussians' toy target of
+        [`scoresde.data.eight_gaussians`][scoresde.data.eight_gaussians], exactly."""
         from .data import eight_gaussians_params
 
         return cls(*eight_gaussians_params(**kwargs))
@@ -110,20 +114,20 @@ class GaussianMixture:
 
     @property
     def mean(self) -> Tensor:
-        r"""Mixture mean :math:`\sum_k w_k\mu_k`, shape ``(D,)`` (float64)."""
+        r"""Mixture mean $\sum_k w_k\mu_k$, shape `(D,)` (float64)."""
         return (self.weights[:, None] * self.means).sum(0)
 
     @property
     def covariance(self) -> Tensor:
-        r"""Mixture covariance :math:`\sum_k w_k(\Sigma_k + \mu_k\mu_k^\top) - \bar\mu\bar\mu^\top`."""
+        r"""Mixture covariance $\sum_k w_k(\Sigma_k + \mu_k\mu_k^\top) - \bar\mu\bar\mu^\top$."""
         m = self.mean
         second = (self.weights[:, None, None]
                   * (self.covs + self.means[:, :, None] * self.means[:, None, :])).sum(0)
         return second - m[:, None] * m[None, :]
 
     def marginal_moments(self, t: float | Tensor, sde: SDE) -> tuple[Tensor, Tensor]:
-        r"""Mean and covariance of :math:`p_t`: :math:`\alpha\bar\mu` and
-        :math:`\alpha^2\,\mathrm{Cov} + \sigma^2 I` (float64, ``t`` a scalar)."""
+        r"""Mean and covariance of $p_t$: $\alpha\bar\mu$ and
+        $\alpha^2\,\mathrm{Cov} + \sigma^2 I$ (float64, `t` a scalar)."""
         t = as_time(t, None, None, T=sde.T).to(torch.float64)
         if t.dim() != 0:
             raise ValueError("marginal_moments takes a scalar t")
@@ -142,7 +146,7 @@ class GaussianMixture:
     def sample(self, n: int, generator: torch.Generator | None = None, *,
                dtype: torch.dtype | None = None, device: torch.device | str | None = None
                ) -> Tensor:
-        """Draw ``n`` exact samples, shape ``(n, *event_shape)``."""
+        """Draw `n` exact samples, shape `(n, *event_shape)`."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         dtype = dtype or torch.get_default_dtype()
@@ -157,7 +161,7 @@ class GaussianMixture:
 
     def marginal_sample(self, n: int, t: float, sde: SDE,
                         generator: torch.Generator | None = None, **kw) -> Tensor:
-        r"""Exact samples of :math:`p_t`: :math:`\alpha x_0 + \sigma\varepsilon`."""
+        r"""Exact samples of $p_t$: $\alpha x_0 + \sigma\varepsilon$."""
         x0 = self.sample(n, generator, **kw)
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
         return sde.perturb(x0, t, noise)
@@ -171,7 +175,7 @@ class GaussianMixture:
 
     def _logjoint(self, x: Tensor, alpha: Tensor, sigma2: Tensor, need_score: bool
                   ) -> tuple[Tensor, Tensor | None]:
-        """``log w_k + log N(x; alpha mu_k, alpha^2 Sigma_k + sigma2 I)`` (B, K), and if asked the
+        """`log w_k + log N(x; alpha mu_k, alpha^2 Sigma_k + sigma2 I)` (B, K), and if asked the
         per-component scores (B, K, D) in the eigenbases' coordinates mapped back."""
         logw, mu, evals, evecs = self._params(x)
         a = alpha.reshape(-1, 1, 1) if alpha.dim() else alpha
@@ -187,7 +191,7 @@ class GaussianMixture:
         return logw + lognorm, comp
 
     def log_prob(self, x: Tensor) -> Tensor:
-        """Exact log-density of the data distribution, per sample: shape ``(B,)``, nats."""
+        """Exact log-density of the data distribution, per sample: shape `(B,)`, nats."""
         if not bool((self._evals > 0).all()):
             raise ValueError("log_prob needs positive-definite covs; this mixture is degenerate "
                              "(use marginal_log_prob at t > 0)")
@@ -201,20 +205,21 @@ class GaussianMixture:
         return torch.exp(sde._log_alpha(t)), sde._sigma(t) ** 2
 
     def marginal_log_prob(self, x: Tensor, t: float | Tensor, sde: SDE) -> Tensor:
-        r"""Exact :math:`\log p_t(x)` under ``sde``, per sample: shape ``(B,)``, nats."""
+        r"""Exact $\log p_t(x)$ under `sde`, per sample: shape `(B,)`, nats."""
         xf = self._flat(x)
         lj, _ = self._logjoint(xf, *self._coefs(xf, t, sde), need_score=False)
         return torch.logsumexp(lj, dim=1)
 
     def score(self, x: Tensor, t: float | Tensor, sde: SDE) -> Tensor:
-        r"""Exact score :math:`\nabla_x \log p_t(x)` under ``sde``, shape of ``x``."""
+        r"""Exact score $\nabla_x \log p_t(x)$ under `sde`, shape of `x`."""
         xf = self._flat(x)
         lj, comp = self._logjoint(xf, *self._coefs(xf, t, sde), need_score=True)
         r = torch.softmax(lj, dim=1)
         return torch.einsum("bk,bkd->bd", r, comp).reshape(x.shape)
 
     def as_model(self, sde: SDE, device: torch.device | str | None = None) -> ScoreModel:
-        """A :class:`~scoresde.ScoreModel` whose score is exactly :meth:`score` (zero model error)."""
+        """A [`ScoreModel`][scoresde.models.ScoreModel] whose score is exactly
+        [`score`][scoresde.analytic.GaussianMixture.score] (zero model error)."""
         return ScoreModel.from_score_fn(lambda x, t: self.score(x, t, sde), sde, device=device)
 
     def __repr__(self) -> str:

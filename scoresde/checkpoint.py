@@ -1,11 +1,11 @@
 """Checkpoints: state dicts and plain metadata only, written atomically, loaded with
-``torch.load(weights_only=True)``.
+`torch.load(weights_only=True)`.
 
-A checkpoint is a dict ``{"format": "scoresde-checkpoint", "version": 1, "step": int,
+A checkpoint is a dict `{"format": "scoresde-checkpoint", "version": 1, "step": int,
 "model": state_dict, "ema": state_dict | None, "optimizer": state_dict | None,
-"generator": ByteTensor | None, "losses": list[float], "meta": dict}``, where ``meta`` holds
-``sde`` (:meth:`SDE.config`), ``prediction``, ``net`` (the network's ``config()``) and
-``net_class``, so :func:`load_model` can rebuild the model without pickled code.
+"generator": ByteTensor | None, "losses": list[float], "meta": dict}`, where `meta` holds
+`sde` ([`SDE.config`][scoresde.sdes.SDE.config]), `prediction`, `net` (the network's `config()`) and
+`net_class`, so [`load_model`][scoresde.checkpoint.load_model] can rebuild the model without pickled code.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ VERSION = 1
 
 
 def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``obj`` to ``path`` atomically: a temporary file in the same folder, flushed
-    and fsynced, then renamed over ``path`` (so a crash never leaves a half-written file)."""
+    """Write `obj` to `path` atomically: a temporary file in the same folder, flushed
+    and fsynced, then renamed over `path` (so a crash never leaves a half-written file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
@@ -47,7 +47,7 @@ def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
                     ) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; a clear error if ``path`` does not exist
+    """Load a checkpoint with `weights_only=True`; a clear error if `path` does not exist
     or is not a scoresde checkpoint."""
     path = Path(path)
     if not path.is_file():
@@ -73,7 +73,8 @@ def _net_classes() -> dict[str, Any]:
 
 def load_model(path: str | os.PathLike, *, ema: bool = True,
                device: str | torch.device = "cpu") -> ScoreModel:
-    """Rebuild the :class:`ScoreModel` stored in a checkpoint (EMA weights by default)."""
+    """Rebuild the [`ScoreModel`][scoresde.models.ScoreModel] stored in a checkpoint
+    (EMA weights by default)."""
     ckpt = load_checkpoint(path)
     meta = ckpt.get("meta", {})
     classes = _net_classes()

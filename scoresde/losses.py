@@ -1,26 +1,27 @@
 r"""Denoising score matching (DSM) and DDPM's simple loss.
 
-DSM (Vincent 2011; Song et al. 2021, eq. 7) with weighting :math:`w(t)`:
+DSM (Vincent 2011; Song et al. 2021, eq. 7) with weighting $w(t)$:
 
-.. math::
-    \mathcal L(\theta) = \mathbb E_{t}\,\mathbb E_{x_0, \varepsilon}\,
-    w(t)\,\big\| s_\theta(x_t, t) + \varepsilon/\sigma(t) \big\|^2
-    = \mathbb E\, \frac{w(t)}{\sigma(t)^2}\,\big\|\hat\varepsilon_\theta(x_t, t) - \varepsilon\big\|^2,
+$$
+\mathcal L(\theta) = \mathbb E_{t}\,\mathbb E_{x_0, \varepsilon}\,
+w(t)\,\big\| s_\theta(x_t, t) + \varepsilon/\sigma(t) \big\|^2
+= \mathbb E\, \frac{w(t)}{\sigma(t)^2}\,\big\|\hat\varepsilon_\theta(x_t, t) - \varepsilon\big\|^2,
+$$
 
-with :math:`x_t = \alpha x_0 + \sigma\varepsilon` and :math:`t \sim U(\epsilon, T)`.
+with $x_t = \alpha x_0 + \sigma\varepsilon$ and $t \sim U(\epsilon, T)$.
 Reduction (DESIGN.md): the squared norm is replaced by the **mean** over data dimensions,
 then the mean over the batch; there is no ½ factor. Weightings:
 
-- ``"sigma2"``: :math:`w = \sigma^2`, so the loss is :math:`\|\hat\varepsilon_\theta - \varepsilon\|^2`:
-  DDPM's :math:`L_\text{simple}` (Ho et al. 2020);
-- ``"likelihood"``: :math:`w = g(t)^2` (Song, Durkan, Murray & Ermon 2021, "Maximum
-  likelihood training of score-based diffusion models"); :math:`w/\sigma^2 = g^2/\sigma^2 =
-  -\lambda'(t)` for every SDE here (because :math:`g^2 = d\sigma^2/dt - 2f\sigma^2`);
-- ``"none"``: :math:`w = 1`.
+- `"sigma2"`: $w = \sigma^2$, so the loss is $\|\hat\varepsilon_\theta - \varepsilon\|^2$:
+  DDPM's $L_\text{simple}$ (Ho et al. 2020);
+- `"likelihood"`: $w = g(t)^2$ (Song, Durkan, Murray & Ermon 2021, "Maximum
+  likelihood training of score-based diffusion models"); $w/\sigma^2 = g^2/\sigma^2 =
+  -\lambda'(t)$ for every SDE here (because $g^2 = d\sigma^2/dt - 2f\sigma^2$);
+- `"none"`: $w = 1$.
 
-With ``importance_sampling=True`` (likelihood weighting only) ``t`` is drawn with density
-:math:`q(t) \propto -\lambda'(t)` by inverting the log-SNR, and each sample is weighted by
-:math:`(\lambda(\epsilon) - \lambda(T))/(T - \epsilon)`, so the estimator has the same
+With `importance_sampling=True` (likelihood weighting only) `t` is drawn with density
+$q(t) \propto -\lambda'(t)$ by inverting the log-SNR, and each sample is weighted by
+$(\lambda(\epsilon) - \lambda(T))/(T - \epsilon)$, so the estimator has the same
 expectation as the uniform one but lower variance.
 """
 
@@ -62,14 +63,14 @@ def sample_time(sde, n: int, *, eps: float | None = None, importance_sampling: b
                 device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
     r"""Draw training times and their importance weights.
 
-    **Returns:** ``(t, iw)``, both of shape ``(n,)``.
+    **Returns:** `(t, iw)`, both of shape `(n,)`.
 
-    - Uniform: :math:`t \sim U(\epsilon, T)` and ``iw = 1``.
-    - Importance sampling: :math:`t = \lambda^{-1}(\lambda(\epsilon) - uZ)` with
-      :math:`u \sim U(0, 1)` and :math:`Z = \lambda(\epsilon) - \lambda(T)`, i.e. density
-      :math:`q(t) = -\lambda'(t)/Z`. ``iw`` is the likelihood weight
-      :math:`-\lambda'(t)` times the likelihood ratio :math:`1/((T-\epsilon)q(t))`, which
-      is the constant :math:`Z/(T-\epsilon)`.
+    - Uniform: $t \sim U(\epsilon, T)$ and `iw = 1`.
+    - Importance sampling: $t = \lambda^{-1}(\lambda(\epsilon) - uZ)$ with
+      $u \sim U(0, 1)$ and $Z = \lambda(\epsilon) - \lambda(T)$, i.e. density
+      $q(t) = -\lambda'(t)/Z$. `iw` is the likelihood weight
+      $-\lambda'(t)$ times the likelihood ratio $1/((T-\epsilon)q(t))$, which
+      is the constant $Z/(T-\epsilon)$.
     """
     eps = sde.train_eps if eps is None else float(eps)
     if not 0.0 <= eps < sde.T:
@@ -91,17 +92,18 @@ def dsm_loss(model: ScoreModel, x0: Tensor, weighting: str = "sigma2",
     r"""Denoising score-matching loss (see the module docstring for the formula).
 
     **Arguments:**
-    - ``model``: a :class:`~scoresde.ScoreModel` (any prediction type).
-    - ``x0``: data, shape ``(B, *event_shape)``.
-    - ``weighting``: ``"sigma2"`` (DDPM's :math:`\|\varepsilon - \hat\varepsilon\|^2`),
-      ``"likelihood"`` (:math:`g^2`), or ``"none"``.
-    - ``generator``: draws ``t`` and ``noise`` when they are not given.
-    - ``t``: optional times, shape ``(B,)``, in ``[0, T]`` (overrides the draw).
-    - ``noise``: optional :math:`\varepsilon`, shape of ``x0``.
-    - ``eps``: smallest time (default ``model.sde.train_eps = 1e-5``).
-    - ``importance_sampling``: draw ``t`` with density :math:`\propto g^2/\sigma^2`
-      (only with ``weighting="likelihood"``).
-    - ``reduction``: ``"mean"`` (a scalar) or ``"none"`` (per-sample losses, shape ``(B,)``).
+
+    - `model`: a [`ScoreModel`][scoresde.models.ScoreModel] (any prediction type).
+    - `x0`: data, shape `(B, *event_shape)`.
+    - `weighting`: `"sigma2"` (DDPM's $\|\varepsilon - \hat\varepsilon\|^2$),
+      `"likelihood"` ($g^2$), or `"none"`.
+    - `generator`: draws `t` and `noise` when they are not given.
+    - `t`: optional times, shape `(B,)`, in `[0, T]` (overrides the draw).
+    - `noise`: optional $\varepsilon$, shape of `x0`.
+    - `eps`: smallest time (default `model.sde.train_eps = 1e-5`).
+    - `importance_sampling`: draw `t` with density $\propto g^2/\sigma^2$
+      (only with `weighting="likelihood"`).
+    - `reduction`: `"mean"` (a scalar) or `"none"` (per-sample losses, shape `(B,)`).
 
     **Returns:** the loss, mean over data dimensions and batch (no ½ factor).
     """
@@ -137,16 +139,16 @@ def dsm_loss(model: ScoreModel, x0: Tensor, weighting: str = "sigma2",
 def ddpm_loss(model: ScoreModel, x0: Tensor, schedule: DiscreteSchedule,
               generator: torch.Generator | None = None, *, indices: Tensor | None = None,
               noise: Tensor | None = None, reduction: str = "mean") -> Tensor:
-    r"""DDPM's training loss, Ho et al. (2020) Algorithm 1 (:math:`L_\text{simple}`).
+    r"""DDPM's training loss, Ho et al. (2020) Algorithm 1 ($L_\text{simple}$).
 
-    Draw :math:`i \sim U\{0, \dots, N-1\}` and :math:`\varepsilon \sim N(0, I)`, form
-    :math:`x_i = \sqrt{\bar\alpha_i}\,x_0 + \sqrt{1-\bar\alpha_i}\,\varepsilon` and return
-    :math:`\|\varepsilon - \hat\varepsilon_\theta(x_i, t_i)\|^2` (mean over dimensions and
-    batch). The network is fed the continuous time :math:`t_i = (i+1)/N` (DESIGN.md), so
+    Draw $i \sim U\{0, \dots, N-1\}$ and $\varepsilon \sim N(0, I)$, form
+    $x_i = \sqrt{\bar\alpha_i}\,x_0 + \sqrt{1-\bar\alpha_i}\,\varepsilon$ and return
+    $\|\varepsilon - \hat\varepsilon_\theta(x_i, t_i)\|^2$ (mean over dimensions and
+    batch). The network is fed the continuous time $t_i = (i+1)/N$ (DESIGN.md), so
     the trained model serves every continuous-time solver.
 
-    **Arguments:** ``model`` must predict ``"eps"``; ``indices`` (shape ``(B,)``, integers in
-    ``[0, N-1]``) and ``noise`` override the draws; ``reduction`` as in :func:`dsm_loss`.
+    **Arguments:** `model` must predict `"eps"`; `indices` (shape `(B,)`, integers in
+    `[0, N-1]`) and `noise` override the draws; `reduction` as in [`dsm_loss`][scoresde.losses.dsm_loss].
     """
     if model.prediction != "eps":
         raise ValueError("ddpm_loss is Ho et al.'s L_simple for an eps-prediction network; "

@@ -95,9 +95,7 @@ def _check_pair(x: object, y: object) -> tuple[Tensor, Tensor]:
 # ------------------------------------------------------------------------ sliced Wasserstein
 
 
-def _draw_directions(
-    n_projections: int, dim: int, like: Tensor, generator: torch.Generator | None
-) -> Tensor:
+def _draw_directions(n_projections: int, dim: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
     """Unit vectors uniform on the sphere S^{D-1}, shape ``(n_projections, D)``.
 
     Drawn on the generator's device (in float64, so the directions do not depend on the
@@ -247,7 +245,8 @@ def _centre(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _median_pairwise_distance(z: Tensor) -> Tensor:
-    """Median of ``|z_i - z_j|`` over pairs ``i < j``, on at most 2000 evenly spaced rows."""
+    """Median of ``|z_i - z_j|`` over pairs ``i < j`` (the average of the two middle values
+    for an even count, as ``numpy.median``), on at most 2000 evenly spaced rows."""
     k = z.shape[0]
     if k > _MEDIAN_MAX_POINTS:
         idx = torch.linspace(0, k - 1, _MEDIAN_MAX_POINTS, device=z.device).round().long()
@@ -255,7 +254,8 @@ def _median_pairwise_distance(z: Tensor) -> Tensor:
         k = z.shape[0]
     d = torch.cdist(z, z, compute_mode="donot_use_mm_for_euclid_dist")
     iu = torch.triu_indices(k, k, offset=1, device=z.device)
-    return d[iu[0], iu[1]].median()
+    # torch.median would return the lower middle value; use the usual midpoint average.
+    return torch.quantile(d[iu[0], iu[1]], 0.5)
 
 
 def mmd(

@@ -1,17 +1,17 @@
 r"""Score models: a network plus the SDE, with every parametrisation conversion in one place.
 
-With :math:`x_t = \alpha x_0 + \sigma\varepsilon` (DESIGN.md), a network may predict
+With $x_t = \alpha x_0 + \sigma\varepsilon$ (DESIGN.md), a network may predict
 
-- ``"eps"``: the noise :math:`\hat\varepsilon` (Ho et al. 2020),
-- ``"score"``: :math:`\nabla_x \log p_t(x)` directly (Song et al. 2021),
-- ``"x0"``: the clean data :math:`\hat x_0`,
-- ``"v"``: :math:`\hat v = \alpha\hat\varepsilon - \sigma\hat x_0` (Salimans & Ho 2022).
+- `"eps"`: the noise $\hat\varepsilon$ (Ho et al. 2020),
+- `"score"`: $\nabla_x \log p_t(x)$ directly (Song et al. 2021),
+- `"x0"`: the clean data $\hat x_0$,
+- `"v"`: $\hat v = \alpha\hat\varepsilon - \sigma\hat x_0$ (Salimans & Ho 2022).
 
-They are related by :math:`s = -\hat\varepsilon/\sigma`,
-:math:`\hat x_0 = (x - \sigma\hat\varepsilon)/\alpha = (x + \sigma^2 s)/\alpha` (Tweedie),
-:math:`\hat\varepsilon = (x - \alpha\hat x_0)/\sigma`,
-:math:`\hat\varepsilon = (\alpha\hat v + \sigma x)/(\alpha^2+\sigma^2)` (valid for any
-:math:`\alpha, \sigma`, not only VP).
+They are related by $s = -\hat\varepsilon/\sigma$,
+$\hat x_0 = (x - \sigma\hat\varepsilon)/\alpha = (x + \sigma^2 s)/\alpha$ (Tweedie),
+$\hat\varepsilon = (x - \alpha\hat x_0)/\sigma$,
+$\hat\varepsilon = (\alpha\hat v + \sigma x)/(\alpha^2+\sigma^2)$ (valid for any
+$\alpha, \sigma$, not only VP).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ PREDICTIONS = ("eps", "score", "x0", "v")
 
 
 class _FunctionNet(nn.Module):
-    """Wraps a plain callable ``fn(x, t)`` as a module (no parameters)."""
+    """Wraps a plain callable `fn(x, t)` as a module (no parameters)."""
 
     def __init__(self, fn: Callable[[Tensor, Tensor], Tensor]) -> None:
         super().__init__()
@@ -43,17 +43,18 @@ class _FunctionNet(nn.Module):
 
 
 class ScoreModel(nn.Module):
-    r"""A network ``net(x, t)`` and the SDE it was trained for.
+    r"""A network `net(x, t)` and the SDE it was trained for.
 
     **Arguments:**
-    - ``net``: a module or callable mapping ``x`` of shape ``(B, *event_shape)`` and ``t``
-      of shape ``(B,)`` to a tensor of the shape of ``x``.
-    - ``sde``: the forward :class:`~scoresde.sdes.SDE`.
-    - ``prediction``: what ``net`` predicts, one of ``"eps" | "score" | "x0" | "v"``.
 
-    ``n_evals`` counts network forward passes (a host-side integer; samplers and the
-    likelihood read it to report honest NFE). It is a module, so ``.to()``,
-    ``.parameters()`` and ``state_dict()`` reach the network.
+    - `net`: a module or callable mapping `x` of shape `(B, *event_shape)` and `t`
+      of shape `(B,)` to a tensor of the shape of `x`.
+    - `sde`: the forward [`SDE`][scoresde.sdes.SDE].
+    - `prediction`: what `net` predicts, one of `"eps" | "score" | "x0" | "v"`.
+
+    `n_evals` counts network forward passes (a host-side integer; samplers and the
+    likelihood read it to report honest NFE). It is a module, so `.to()`,
+    `.parameters()` and `state_dict()` reach the network.
     """
 
     def __init__(self, net: nn.Module | Callable[[Tensor, Tensor], Tensor], sde: SDE,
@@ -76,14 +77,15 @@ class ScoreModel(nn.Module):
     @classmethod
     def from_score_fn(cls, fn: Callable[[Tensor, Tensor], Tensor], sde: SDE, *,
                       device: torch.device | str | None = None) -> ScoreModel:
-        """Wrap any callable ``fn(x, t) -> score`` (e.g. an exact score) as a model."""
+        """Wrap any callable `fn(x, t) -> score` (e.g. an exact score) as a model."""
         model = cls(_FunctionNet(fn), sde, prediction="score")
         model._device = torch.device(device) if device is not None else None
         return model
 
     @property
     def device(self) -> torch.device:
-        """Device of the network's parameters (or the one given to :meth:`from_score_fn`)."""
+        """Device of the network's parameters (or the one given to
+        [`from_score_fn`][scoresde.models.ScoreModel.from_score_fn])."""
         for p in self.net.parameters():
             return p.device
         for b in self.net.buffers():
@@ -92,7 +94,7 @@ class ScoreModel(nn.Module):
 
     # ----- the one network call --------------------------------------------------------
     def forward(self, x: Tensor, t: float | Tensor) -> Tensor:
-        """The raw network output ``net(x, t)``, with ``t`` expanded to shape ``(B,)``."""
+        """The raw network output `net(x, t)`, with `t` expanded to shape `(B,)`."""
         check_batch(x)
         t = as_time(t, x.shape[0], x, T=self.sde.T)
         return self._net(x, t)
@@ -127,26 +129,26 @@ class ScoreModel(nn.Module):
         return (alpha * out + sigma * x) / (alpha ** 2 + sigma ** 2)
 
     def eps(self, x: Tensor, t: float | Tensor) -> Tensor:
-        r"""Predicted noise :math:`\hat\varepsilon(x, t)`, shape of ``x``."""
+        r"""Predicted noise $\hat\varepsilon(x, t)$, shape of `x`."""
         return self._eps(x, *self._coefs(x, t))
 
     def score(self, x: Tensor, t: float | Tensor) -> Tensor:
-        r"""Score :math:`s(x, t) = \nabla_x \log p_t(x) = -\hat\varepsilon/\sigma`."""
+        r"""Score $s(x, t) = \nabla_x \log p_t(x) = -\hat\varepsilon/\sigma$."""
         if self.prediction == "score":
             return self(x, t)
         t, alpha, sigma = self._coefs(x, t)
         return -self._eps(x, t, alpha, sigma) / sigma
 
     def x0(self, x: Tensor, t: float | Tensor) -> Tensor:
-        r"""Predicted data :math:`\hat x_0 = (x - \sigma\hat\varepsilon)/\alpha`
-        (Tweedie's formula :math:`(x + \sigma^2 s)/\alpha`)."""
+        r"""Predicted data $\hat x_0 = (x - \sigma\hat\varepsilon)/\alpha$
+        (Tweedie's formula $(x + \sigma^2 s)/\alpha$)."""
         if self.prediction == "x0":
             return self(x, t)
         t, alpha, sigma = self._coefs(x, t)
         return (x - sigma * self._eps(x, t, alpha, sigma)) / alpha
 
     def v(self, x: Tensor, t: float | Tensor) -> Tensor:
-        r"""Predicted velocity :math:`\hat v = \alpha\hat\varepsilon - \sigma\hat x_0`."""
+        r"""Predicted velocity $\hat v = \alpha\hat\varepsilon - \sigma\hat x_0$."""
         if self.prediction == "v":
             return self(x, t)
         t, alpha, sigma = self._coefs(x, t)

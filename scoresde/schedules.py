@@ -1,13 +1,13 @@
 r"""Discrete-time (DDPM) noise schedules.
 
 Ho et al. (2020), "Denoising diffusion probabilistic models": a Markov chain
-:math:`q(x_i \mid x_{i-1}) = N(\sqrt{1-\beta_i}\,x_{i-1}, \beta_i I)`, :math:`i = 0..N-1`,
-so :math:`x_i = \sqrt{\bar\alpha_i}\,x_0 + \sqrt{1-\bar\alpha_i}\,\varepsilon` with
-:math:`\bar\alpha_i = \prod_{j\le i}(1-\beta_j)`.
+$q(x_i \mid x_{i-1}) = N(\sqrt{1-\beta_i}\,x_{i-1}, \beta_i I)$, $i = 0..N-1$,
+so $x_i = \sqrt{\bar\alpha_i}\,x_0 + \sqrt{1-\bar\alpha_i}\,\varepsilon$ with
+$\bar\alpha_i = \prod_{j\le i}(1-\beta_j)$.
 
-It is the VP-SDE on a grid: index ``i`` corresponds to continuous time
-:math:`t_i = (i+1)/N`, where :math:`\bar\alpha_i \approx \alpha(t_i)^2` (exactly, for
-:meth:`VPSDE.from_schedule`). Arrays are kept in float64 and cast on use.
+It is the VP-SDE on a grid: index `i` corresponds to continuous time
+$t_i = (i+1)/N$, where $\bar\alpha_i \approx \alpha(t_i)^2$ (exactly, for
+[`VPSDE.from_schedule`][scoresde.sdes.VPSDE.from_schedule]). Arrays are kept in float64 and cast on use.
 """
 
 from __future__ import annotations
@@ -20,17 +20,18 @@ __all__ = ["DiscreteSchedule"]
 
 
 class DiscreteSchedule:
-    r"""A DDPM schedule built from any betas in ``(0, 1)``.
+    r"""A DDPM schedule built from any betas in `(0, 1)`.
 
-    **Attributes** (float64, shape ``(N,)``):
-    - ``betas``: :math:`\beta_i`;
-    - ``alphas``: :math:`1 - \beta_i`;
-    - ``alphas_cumprod``: :math:`\bar\alpha_i = \prod_{j \le i}(1 - \beta_j)`;
-    - ``alphas_cumprod_prev``: :math:`\bar\alpha_{i-1}` with :math:`\bar\alpha_{-1} = 1`;
-    - ``sigmas``: :math:`\sqrt{1 - \bar\alpha_i}`;
-    - ``posterior_variance``: :math:`\tilde\beta_i = \beta_i (1-\bar\alpha_{i-1})/(1-\bar\alpha_i)`,
-      the variance of :math:`q(x_{i-1} \mid x_i, x_0)` (Ho et al. eq. 7);
-    - ``times``: :math:`t_i = (i + 1)/N`.
+    **Attributes** (float64, shape `(N,)`):
+
+    - `betas`: $\beta_i$;
+    - `alphas`: $1 - \beta_i$;
+    - `alphas_cumprod`: $\bar\alpha_i = \prod_{j \le i}(1 - \beta_j)$;
+    - `alphas_cumprod_prev`: $\bar\alpha_{i-1}$ with $\bar\alpha_{-1} = 1$;
+    - `sigmas`: $\sqrt{1 - \bar\alpha_i}$;
+    - `posterior_variance`: $\tilde\beta_i = \beta_i (1-\bar\alpha_{i-1})/(1-\bar\alpha_i)$,
+      the variance of $q(x_{i-1} \mid x_i, x_0)$ (Ho et al. eq. 7);
+    - `times`: $t_i = (i + 1)/N$.
     """
 
     def __init__(self, betas: Tensor) -> None:
@@ -62,22 +63,22 @@ class DiscreteSchedule:
         return N
 
     def index_to_time(self, i: Tensor | int) -> Tensor:
-        """Continuous time :math:`t_i = (i + 1)/N` of grid index ``i``."""
+        """Continuous time $t_i = (i + 1)/N$ of grid index `i`."""
         i = torch.as_tensor(i)
         if bool(((i < 0) | (i >= self.N)).any()):
             raise ValueError(f"grid index must lie in [0, {self.N - 1}], got {i.tolist()}")
         return (i.to(torch.float64) + 1.0) / self.N
 
     def time_to_index(self, t: Tensor | float) -> Tensor:
-        """Nearest grid index to time ``t``: :math:`i = \\mathrm{round}(tN) - 1`, clamped to
-        ``[0, N-1]``."""
+        """Nearest grid index to time `t`: $i = \\mathrm{round}(tN) - 1$, clamped to
+        `[0, N-1]`."""
         t = torch.as_tensor(t, dtype=torch.float64)
         if bool(((t < 0) | (t > 1)).any()):
             raise ValueError(f"t must lie in [0, 1], got {t.tolist()}")
         return torch.clamp(torch.round(t * self.N).long() - 1, 0, self.N - 1)
 
     def cast(self, name: str, like: Tensor) -> Tensor:
-        """The array ``name`` (e.g. ``"alphas_cumprod"``) cast to ``like``'s dtype and device."""
+        """The array `name` (e.g. `"alphas_cumprod"`) cast to `like`'s dtype and device."""
         return getattr(self, name).to(dtype=like.dtype, device=like.device)
 
     def __len__(self) -> int:
