@@ -3,18 +3,20 @@ r"""Forward SDEs with linear drift: VP (linear and cosine), sub-VP and VE.
 Every SDE here has the form (Song et al. 2021, "Score-based generative modeling through
 stochastic differential equations", ICLR)
 
-.. math:: dx = f(t)\,x\,dt + g(t)\,dw, \qquad t \in [0, T],\ T = 1,
+$$
+dx = f(t)\,x\,dt + g(t)\,dw, \qquad t \in [0, T],\ T = 1,
+$$
 
 so that the perturbation kernel is Gaussian,
-:math:`x_t = \alpha(t)\,x_0 + \sigma(t)\,\varepsilon`, :math:`\varepsilon \sim N(0, I)`,
-with :math:`f = d\log\alpha/dt` and :math:`g^2 = d\sigma^2/dt - 2 f \sigma^2`.
-The log-SNR is :math:`\lambda(t) = \log(\alpha^2/\sigma^2)`, decreasing in ``t``.
+$x_t = \alpha(t)\,x_0 + \sigma(t)\,\varepsilon$, $\varepsilon \sim N(0, I)$,
+with $f = d\log\alpha/dt$ and $g^2 = d\sigma^2/dt - 2 f \sigma^2$.
+The log-SNR is $\lambda(t) = \log(\alpha^2/\sigma^2)$, decreasing in `t`.
 
 The reverse-time SDE and the probability-flow ODE are derived here, once
-(:meth:`SDE.reverse_drift`); every sampler uses them.
+([`SDE.reverse_drift`][scoresde.sdes.SDE.reverse_drift]); every sampler uses them.
 
-Times ``t`` are Python floats, 0-d tensors or tensors of shape ``(B,)``; data ``x`` has
-shape ``(B, *event_shape)``. Coefficients come back with the shape of ``t``.
+Times `t` are Python floats, 0-d tensors or tensors of shape `(B,)`; data `x` has
+shape `(B, *event_shape)`. Coefficients come back with the shape of `t`.
 """
 
 from __future__ import annotations
@@ -46,18 +48,19 @@ def _check_positive(name: str, value: float) -> float:
 
 
 class SDE(ABC):
-    r"""Base class of a forward SDE :math:`dx = f(t) x\,dt + g(t)\,dw` on ``[0, T]``.
+    r"""Base class of a forward SDE $dx = f(t) x\,dt + g(t)\,dw$ on `[0, T]`.
 
-    Subclasses implement the unchecked coefficient functions ``_f``, ``_g2``,
-    ``_log_alpha``, ``_sigma`` (and, where a closed form exists, ``_log_snr`` and
-    ``_log_snr_inverse``); the public methods check their inputs once and call them.
+    Subclasses implement the unchecked coefficient functions `_f`, `_g2`,
+    `_log_alpha`, `_sigma` (and, where a closed form exists, `_log_snr` and
+    `_log_snr_inverse`); the public methods check their inputs once and call them.
 
     **Attributes:**
-    - ``T``: the final time, 1.
-    - ``train_eps``: smallest training time, :math:`t \sim U(\text{train\_eps}, T)`.
-    - ``sample_eps``: default time at which sampling stops.
-    - ``prior_std``: standard deviation of the Gaussian prior :math:`N(0, \text{prior\_std}^2 I)`.
-    - ``variance_preserving``: ``True`` when :math:`\alpha^2 + \sigma^2 = 1`.
+
+    - `T`: the final time, 1.
+    - `train_eps`: smallest training time, $t \sim U(\mathtt{train\_eps}, T)$.
+    - `sample_eps`: default time at which sampling stops.
+    - `prior_std`: standard deviation of the Gaussian prior $N(0, \mathtt{prior\_std}^2 I)$.
+    - `variance_preserving`: `True` when $\alpha^2 + \sigma^2 = 1$.
     """
 
     T: float = 1.0
@@ -69,19 +72,19 @@ class SDE(ABC):
     # ----- coefficient functions (unchecked, t is a tensor) -----------------------------
     @abstractmethod
     def _f(self, t: Tensor) -> Tensor:
-        """Drift coefficient ``f(t)`` with ``drift = f(t) x``."""
+        """Drift coefficient `f(t)` with `drift = f(t) x`."""
 
     @abstractmethod
     def _g2(self, t: Tensor) -> Tensor:
-        """Squared diffusion ``g(t)^2``."""
+        """Squared diffusion `g(t)^2`."""
 
     @abstractmethod
     def _log_alpha(self, t: Tensor) -> Tensor:
-        """``log alpha(t)``."""
+        """`log alpha(t)`."""
 
     @abstractmethod
     def _sigma(self, t: Tensor) -> Tensor:
-        """``sigma(t)``."""
+        """`sigma(t)`."""
 
     def _log_snr(self, t: Tensor) -> Tensor:
         return 2.0 * self._log_alpha(t) - 2.0 * torch.log(self._sigma(t))
@@ -91,7 +94,8 @@ class SDE(ABC):
 
     @abstractmethod
     def config(self) -> dict[str, Any]:
-        """A JSON-able description ``{"name": ..., **kwargs}``; see :func:`sde_from_config`."""
+        """A JSON-able description `{"name": ..., **kwargs}`; see
+        [`sde_from_config`][scoresde.sdes.sde_from_config]."""
 
     # ----- public, checked -----------------------------------------------------------
     def _t(self, t: float | Tensor, x: Tensor | None = None) -> Tensor:
@@ -100,46 +104,46 @@ class SDE(ABC):
         return as_time(t, None if x is None else x.shape[0], x, T=self.T)
 
     def drift(self, x: Tensor, t: float | Tensor) -> Tensor:
-        r"""Forward drift :math:`f(x, t) = f(t)\,x`, same shape as ``x``."""
+        r"""Forward drift $f(x, t) = f(t)\,x$, same shape as `x`."""
         t = self._t(t, x)
         return bcast(self._f(t), x) * x
 
     def diffusion(self, t: float | Tensor) -> Tensor:
-        r"""Diffusion coefficient :math:`g(t)`, shape of ``t``."""
+        r"""Diffusion coefficient $g(t)$, shape of `t`."""
         return torch.sqrt(self._g2(self._t(t)))
 
     def alpha(self, t: float | Tensor) -> Tensor:
-        r"""Mean scale :math:`\alpha(t)` of :math:`x_t = \alpha x_0 + \sigma \varepsilon`."""
+        r"""Mean scale $\alpha(t)$ of $x_t = \alpha x_0 + \sigma \varepsilon$."""
         return torch.exp(self._log_alpha(self._t(t)))
 
     def sigma(self, t: float | Tensor) -> Tensor:
-        r"""Standard deviation :math:`\sigma(t)` of the perturbation kernel."""
+        r"""Standard deviation $\sigma(t)$ of the perturbation kernel."""
         return self._sigma(self._t(t))
 
     def log_snr(self, t: float | Tensor) -> Tensor:
-        r"""Log signal-to-noise ratio :math:`\lambda(t) = \log(\alpha^2/\sigma^2)`."""
+        r"""Log signal-to-noise ratio $\lambda(t) = \log(\alpha^2/\sigma^2)$."""
         return self._log_snr(self._t(t))
 
     def log_snr_inverse(self, lam: float | Tensor) -> Tensor:
-        r"""The time ``t`` with :math:`\lambda(t) = \text{lam}` (closed form).
+        r"""The time `t` with $\lambda(t) = \text{lam}$ (closed form).
 
-        ``lam`` outside :math:`[\lambda(T), \lambda(0)]` maps outside ``[0, T]``.
+        `lam` outside $[\lambda(T), \lambda(0)]$ maps outside `[0, T]`.
         """
         if not isinstance(lam, Tensor):
             lam = torch.tensor(float(lam), dtype=torch.get_default_dtype())
         return self._log_snr_inverse(lam)
 
     def marginal_prob(self, x0: Tensor, t: float | Tensor) -> tuple[Tensor, Tensor]:
-        r"""Mean and standard deviation of :math:`p_{0t}(x_t \mid x_0)`.
+        r"""Mean and standard deviation of $p_{0t}(x_t \mid x_0)$.
 
-        **Returns:** ``(mean, std)`` with ``mean = alpha(t) * x0`` (shape of ``x0``) and
-        ``std = sigma(t)`` (shape of ``t``).
+        **Returns:** `(mean, std)` with `mean = alpha(t) * x0` (shape of `x0`) and
+        `std = sigma(t)` (shape of `t`).
         """
         t = self._t(t, x0)
         return bcast(torch.exp(self._log_alpha(t)), x0) * x0, self._sigma(t)
 
     def perturb(self, x0: Tensor, t: float | Tensor, noise: Tensor) -> Tensor:
-        r""":math:`x_t = \alpha(t)\,x_0 + \sigma(t)\,\varepsilon` for given noise ``eps``."""
+        r"""$x_t = \alpha(t)\,x_0 + \sigma(t)\,\varepsilon$ for given noise `eps`."""
         if noise.shape != x0.shape:
             raise ValueError(f"noise shape {tuple(noise.shape)} != x0 shape {tuple(x0.shape)}")
         t = self._t(t, x0)
@@ -148,16 +152,16 @@ class SDE(ABC):
     def prior_sample(self, shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None
                      = None, *, dtype: torch.dtype | None = None,
                      device: torch.device | str | None = None) -> Tensor:
-        r"""Draw :math:`x_T \sim N(0, \text{prior\_std}^2 I)` of the given ``shape``."""
+        r"""Draw $x_T \sim N(0, \mathtt{prior\_std}^2 I)$ of the given `shape`."""
         if generator is not None and device is None:
             device = generator.device
         z = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
         return z * self.prior_std
 
     def prior_logp(self, z: Tensor) -> Tensor:
-        r"""Log-density of the prior, per sample: shape ``(B,)``, in nats.
+        r"""Log-density of the prior, per sample: shape `(B,)`, in nats.
 
-        :math:`\log N(z; 0, s^2 I) = -\tfrac{D}{2}\log(2\pi s^2) - \|z\|^2/(2 s^2)`.
+        $\log N(z; 0, s^2 I) = -\tfrac{D}{2}\log(2\pi s^2) - \|z\|^2/(2 s^2)$.
         """
         check_batch(z, "z")
         d = z[0].numel()
@@ -169,10 +173,10 @@ class SDE(ABC):
                       probability_flow: bool = False) -> Tensor:
         r"""Drift of the reverse-time SDE or of the probability-flow ODE (Song et al. 2021).
 
-        Reverse SDE (Anderson 1982): :math:`dx = [f(t) x - g(t)^2 s]\,dt + g(t)\,d\bar w`.
-        Probability flow ODE: :math:`dx/dt = f(t) x - \tfrac12 g(t)^2 s`, where ``s`` is the
-        score :math:`\nabla_x \log p_t(x)` given as ``score`` (same shape as ``x``).
-        Both are written for integration with time running backwards, :math:`dt < 0`.
+        Reverse SDE (Anderson 1982): $dx = [f(t) x - g(t)^2 s]\,dt + g(t)\,d\bar w$.
+        Probability flow ODE: $dx/dt = f(t) x - \tfrac12 g(t)^2 s$, where `s` is the
+        score $\nabla_x \log p_t(x)$ given as `score` (same shape as `x`).
+        Both are written for integration with time running backwards, $dt < 0$.
         """
         t = self._t(t, x)
         if score.shape != x.shape:
@@ -181,7 +185,7 @@ class SDE(ABC):
         return bcast(self._f(t), x) * x - bcast(c * self._g2(t), x) * score
 
     def discretize(self, N: int) -> DiscreteSchedule:
-        r"""The discrete-time (DDPM) schedule with ``N`` steps; see subclasses."""
+        r"""The discrete-time (DDPM) schedule with `N` steps; see subclasses."""
         raise NotImplementedError(
             f"{type(self).__name__} has no DDPM discretisation: it is defined for "
             "variance-preserving SDEs (VPSDE, VPSDE.cosine(), VPSDE.from_schedule())")
@@ -192,8 +196,8 @@ class SDE(ABC):
 
 
 class _LinearBeta:
-    r"""Linear :math:`\beta(t) = \beta_{min} + t(\beta_{max} - \beta_{min})` and its
-    integral :math:`B(t) = \int_0^t \beta = \beta_{min} t + \tfrac12 t^2(\beta_{max}-\beta_{min})`."""
+    r"""Linear $\beta(t) = \beta_{min} + t(\beta_{max} - \beta_{min})$ and its
+    integral $B(t) = \int_0^t \beta = \beta_{min} t + \tfrac12 t^2(\beta_{max}-\beta_{min})$."""
 
     beta_min: float
     beta_max: float
@@ -220,15 +224,17 @@ class _LinearBeta:
 class VPSDE(_LinearBeta, SDE):
     r"""Variance-preserving SDE (Song et al. 2021; DDPM's continuous limit).
 
-    .. math:: dx = -\tfrac12\beta(t)\,x\,dt + \sqrt{\beta(t)}\,dw,
+    $$
+    dx = -\tfrac12\beta(t)\,x\,dt + \sqrt{\beta(t)}\,dw,
+    $$
 
-    with linear :math:`\beta(t) = \beta_{min} + t(\beta_{max} - \beta_{min})` (defaults 0.1
-    and 20), :math:`B(t) = \int_0^t\beta`, :math:`\alpha = e^{-B/2}`,
-    :math:`\sigma = \sqrt{1 - e^{-B}}`, :math:`\lambda = -\log(e^{B} - 1)`.
-    Prior :math:`N(0, I)`; sampling stops at ``1e-3``.
+    with linear $\beta(t) = \beta_{min} + t(\beta_{max} - \beta_{min})$ (defaults 0.1
+    and 20), $B(t) = \int_0^t\beta$, $\alpha = e^{-B/2}$,
+    $\sigma = \sqrt{1 - e^{-B}}$, $\lambda = -\log(e^{B} - 1)$.
+    Prior $N(0, I)$; sampling stops at `1e-3`.
 
-    Subclasses (:class:`CosineVPSDE`, :class:`ScheduleVPSDE`) change only
-    :math:`\beta`, :math:`B` and :math:`B^{-1}`.
+    Subclasses ([`CosineVPSDE`][scoresde.sdes.CosineVPSDE],
+    [`ScheduleVPSDE`][scoresde.sdes.ScheduleVPSDE]) change only $\beta$, $B$ and $B^{-1}$.
     """
 
     variance_preserving = True
@@ -238,12 +244,14 @@ class VPSDE(_LinearBeta, SDE):
 
     @classmethod
     def cosine(cls, s: float = 0.008, beta_clip: float = 20.0) -> CosineVPSDE:
-        """The continuous cosine schedule of Nichol & Dhariwal (2021); see :class:`CosineVPSDE`."""
+        """The continuous cosine schedule of Nichol & Dhariwal (2021); see
+        [`CosineVPSDE`][scoresde.sdes.CosineVPSDE]."""
         return CosineVPSDE(s=s, beta_clip=beta_clip)
 
     @classmethod
     def from_schedule(cls, schedule: DiscreteSchedule) -> ScheduleVPSDE:
-        """The VP-SDE whose DDPM discretisation is exactly ``schedule``; see :class:`ScheduleVPSDE`."""
+        """The VP-SDE whose DDPM discretisation is exactly `schedule`; see
+        [`ScheduleVPSDE`][scoresde.sdes.ScheduleVPSDE]."""
         return ScheduleVPSDE(schedule)
 
     def _f(self, t: Tensor) -> Tensor:
@@ -266,13 +274,23 @@ class VPSDE(_LinearBeta, SDE):
         return self.beta_integral_inverse(F.softplus(-lam))
 
     def discretize(self, N: int) -> DiscreteSchedule:
-        r"""DDPM's schedule (Ho et al. 2020):
-        :math:`\beta_i = \beta_{min}/N + \tfrac{i}{N-1}(\beta_{max}-\beta_{min})/N`,
-        :math:`i = 0..N-1`; for ``N = 1000`` exactly ``linspace(1e-4, 0.02, 1000)``.
-        Grid index ``i`` is continuous time :math:`t_i = (i+1)/N`."""
+        r"""The DDPM schedule with `N` steps; grid index `i` is continuous time $t_i = (i+1)/N$.
+
+        - Linear $\beta$ (this class): DDPM's betas (Ho et al. 2020),
+          $\beta_i = \beta_{min}/N + \tfrac{i}{N-1}(\beta_{max}-\beta_{min})/N$, $i = 0..N-1$;
+          for `N = 1000` this is `linspace(1e-4, 0.02, 1000)` (to 1e-17), and
+          $\bar\alpha_i = \alpha(t_i)^2\,(1 + O(1/N))$.
+        - Any other $\beta$ (a subclass overriding `beta_integral`, e.g. the cosine schedule):
+          $\bar\alpha_i = \alpha(t_i)^2$ exactly, i.e.
+          $\beta_i = 1 - e^{-(B(t_i) - B(t_{i-1}))}$ (Nichol & Dhariwal's rule for the cosine).
+        """
         from .schedules import DiscreteSchedule
 
         N = DiscreteSchedule.check_N(N)
+        if type(self).beta_integral is not _LinearBeta.beta_integral:
+            t = torch.arange(N + 1, dtype=torch.float64) / N
+            b = self.beta_integral(t)
+            return DiscreteSchedule(-torch.expm1(-(b[1:] - b[:-1])))
         i = torch.arange(N, dtype=torch.float64)
         frac = i / (N - 1) if N > 1 else torch.zeros_like(i)
         betas = self.beta_min / N + frac * (self.beta_max - self.beta_min) / N
@@ -285,31 +303,17 @@ class VPSDE(_LinearBeta, SDE):
         return {"name": "VPSDE", "beta_min": self.beta_min, "beta_max": self.beta_max}
 
 
-class _GenericVP(VPSDE):
-    """A VP-SDE given by :math:`\\beta`, :math:`B`, :math:`B^{-1}`: DDPM-discretised through
-    :math:`\\bar\\alpha_i = \\alpha(t_i)^2`, i.e. :math:`\\beta_i = 1 - e^{-(B(t_i) - B(t_{i-1}))}`."""
-
-    def discretize(self, N: int) -> DiscreteSchedule:
-        """DDPM schedule with :math:`\\bar\\alpha_i = \\alpha(t_i)^2` at :math:`t_i = (i+1)/N`."""
-        from .schedules import DiscreteSchedule
-
-        N = DiscreteSchedule.check_N(N)
-        t = torch.arange(N + 1, dtype=torch.float64) / N
-        b = self.beta_integral(t)
-        return DiscreteSchedule(-torch.expm1(-(b[1:] - b[:-1])))
-
-
-class CosineVPSDE(_GenericVP):
+class CosineVPSDE(VPSDE):
     r"""VP-SDE with the cosine schedule of Nichol & Dhariwal (2021), continuous form.
 
-    :math:`\bar\alpha(t) = \cos^2\phi(t) / \cos^2\phi(0)`, :math:`\phi(t) = \frac{t+s}{1+s}\frac\pi2`,
-    so :math:`B(t) = -\log\bar\alpha(t)` and :math:`\beta(t) = B'(t) = \frac{\pi}{1+s}\tan\phi(t)`.
-    That :math:`\beta` diverges at ``t = 1``; like the discrete schedule's clipping of
-    :math:`\beta_i` at 0.999, it is clipped: :math:`\beta(t) = \beta_{clip}` for
-    :math:`t \ge t_c` (where :math:`\beta(t_c) = \beta_{clip}`), and :math:`B` is continued
+    $\bar\alpha(t) = \cos^2\phi(t) / \cos^2\phi(0)$, $\phi(t) = \frac{t+s}{1+s}\frac\pi2$,
+    so $B(t) = -\log\bar\alpha(t)$ and $\beta(t) = B'(t) = \frac{\pi}{1+s}\tan\phi(t)$.
+    That $\beta$ diverges at `t = 1`; like the discrete schedule's clipping of
+    $\beta_i$ at 0.999, it is clipped: $\beta(t) = \beta_{clip}$ for
+    $t \ge t_c$ (where $\beta(t_c) = \beta_{clip}$), and $B$ is continued
     linearly, so drift, diffusion and marginals stay exactly consistent. The default
-    ``beta_clip = 20`` equals the linear VP's :math:`\beta_{max}` (same stiffness);
-    then :math:`t_c \approx 0.90` and :math:`\alpha(1)^2 \approx 3.2\cdot10^{-3}`.
+    `beta_clip = 20` equals the linear VP's $\beta_{max}$ (same stiffness);
+    then $t_c \approx 0.90$ and $\alpha(1)^2 \approx 3.2\cdot10^{-3}$.
     """
 
     def __init__(self, s: float = 0.008, beta_clip: float = 20.0) -> None:
@@ -347,14 +351,15 @@ class CosineVPSDE(_GenericVP):
         return {"name": "CosineVPSDE", "s": self.s, "beta_clip": self.beta_clip}
 
 
-class ScheduleVPSDE(_GenericVP):
-    r"""The VP-SDE whose discretisation is exactly a given :class:`DiscreteSchedule`.
+class ScheduleVPSDE(VPSDE):
+    r"""The VP-SDE whose discretisation is exactly a given
+    [`DiscreteSchedule`][scoresde.schedules.DiscreteSchedule].
 
-    :math:`B(t)` is the piecewise-linear interpolation of :math:`-\log\bar\alpha_i` at the
-    grid times :math:`t_i = (i+1)/N` (with :math:`B(0) = 0`), so
-    :math:`\alpha(t_i)^2 = \bar\alpha_i` exactly and :math:`\beta(t)` is piecewise constant,
-    :math:`\beta = -N\log(1-\beta_i)` on :math:`(t_{i-1}, t_i]`. A network trained with
-    :func:`~scoresde.ddpm_loss` on that schedule is then exactly a continuous-time model.
+    $B(t)$ is the piecewise-linear interpolation of $-\log\bar\alpha_i$ at the
+    grid times $t_i = (i+1)/N$ (with $B(0) = 0$), so
+    $\alpha(t_i)^2 = \bar\alpha_i$ exactly and $\beta(t)$ is piecewise constant,
+    $\beta = -N\log(1-\beta_i)$ on $(t_{i-1}, t_i]$. A network trained with
+    [`ddpm_loss`][scoresde.losses.ddpm_loss] on that schedule is then exactly a continuous-time model.
     """
 
     def __init__(self, schedule: DiscreteSchedule) -> None:
@@ -368,7 +373,8 @@ class ScheduleVPSDE(_GenericVP):
     def _cell(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         knots = self._knots.to(device=t.device, dtype=t.dtype)
         u = t * self.N
-        k = torch.clamp(torch.floor(u), 0, self.N - 1).long()
+        # cell i is (t_{i-1}, t_i]: the rate at a grid time is that of the cell it closes
+        k = torch.clamp(torch.ceil(u) - 1, 0, self.N - 1).long()
         return knots, k, u - k
 
     def beta(self, t: Tensor) -> Tensor:
@@ -386,7 +392,7 @@ class ScheduleVPSDE(_GenericVP):
         return (k + w) / self.N
 
     def discretize(self, N: int) -> DiscreteSchedule:
-        """With ``N`` equal to the schedule's length this returns the schedule itself."""
+        """With `N` equal to the schedule's length this returns the schedule itself."""
         if N == self.N:
             return self.schedule
         return super().discretize(N)
@@ -398,10 +404,12 @@ class ScheduleVPSDE(_GenericVP):
 class SubVPSDE(_LinearBeta, SDE):
     r"""Sub-VP SDE (Song et al. 2021), same drift as VP, smaller diffusion:
 
-    .. math:: dx = -\tfrac12\beta(t)\,x\,dt + \sqrt{\beta(t)(1 - e^{-2B(t)})}\,dw,
+    $$
+    dx = -\tfrac12\beta(t)\,x\,dt + \sqrt{\beta(t)(1 - e^{-2B(t)})}\,dw,
+    $$
 
-    :math:`\alpha = e^{-B/2}`, :math:`\sigma = 1 - e^{-B}` (so :math:`\alpha^2+\sigma^2 \le 1`),
-    :math:`\lambda = -B - 2\log(1 - e^{-B})`. Prior :math:`N(0, I)`.
+    $\alpha = e^{-B/2}$, $\sigma = 1 - e^{-B}$ (so $\alpha^2+\sigma^2 \le 1$),
+    $\lambda = -B - 2\log(1 - e^{-B})$. Prior $N(0, I)$.
     """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
@@ -437,14 +445,16 @@ class SubVPSDE(_LinearBeta, SDE):
 class VESDE(SDE):
     r"""Variance-exploding SDE (Song et al. 2021; SMLD's continuous limit).
 
-    .. math:: dx = \sigma(t)\sqrt{2\log(\sigma_{max}/\sigma_{min})}\,dw, \qquad
-              \sigma(t) = \sigma_{min}(\sigma_{max}/\sigma_{min})^t,
+    $$
+    dx = \sigma(t)\sqrt{2\log(\sigma_{max}/\sigma_{min})}\,dw, \qquad
+    \sigma(t) = \sigma_{min}(\sigma_{max}/\sigma_{min})^t,
+    $$
 
-    :math:`f = 0`, :math:`\alpha = 1`, :math:`\lambda = -2\log\sigma(t)`. As in Song et al.,
-    :math:`\sigma(0) = \sigma_{min} > 0`: the marginal at ``t`` is exactly
-    :math:`p_{data} * N(0, \sigma(t)^2 I)` when the SDE starts from
-    :math:`p_{data} * N(0, \sigma_{min}^2 I)`. Prior :math:`N(0, \sigma_{max}^2 I)`;
-    sampling stops at ``1e-5``.
+    $f = 0$, $\alpha = 1$, $\lambda = -2\log\sigma(t)$. As in Song et al.,
+    $\sigma(0) = \sigma_{min} > 0$: the marginal at `t` is exactly
+    $p_{data} * N(0, \sigma(t)^2 I)$ when the SDE starts from
+    $p_{data} * N(0, \sigma_{min}^2 I)$. Prior $N(0, \sigma_{max}^2 I)$;
+    sampling stops at `1e-5`.
     """
 
     sample_eps = 1e-5
@@ -481,7 +491,7 @@ class VESDE(SDE):
 
 
 def sde_from_config(cfg: dict[str, Any]) -> SDE:
-    """Rebuild an SDE from :meth:`SDE.config` (used by checkpoints)."""
+    """Rebuild an SDE from [`SDE.config`][scoresde.sdes.SDE.config] (used by checkpoints)."""
     if not isinstance(cfg, dict) or "name" not in cfg:
         raise ValueError(f"an SDE config is a dict with a 'name' key, got {cfg!r}")
     kw = {k: v for k, v in cfg.items() if k != "name"}

@@ -1,10 +1,10 @@
-r"""A thin training loop around :func:`~scoresde.dsm_loss`.
+r"""A thin training loop around [`dsm_loss`][scoresde.losses.dsm_loss].
 
 Adam/AdamW with linear learning-rate warm-up, gradient-norm clipping, an exponential moving
 average (EMA) of the weights (Polyak averaging, as in Ho et al. 2020 and Song et al. 2021),
 a tqdm progress bar with the running loss, atomic checkpoints and exact resume: the
-trainer's own ``torch.Generator`` state is checkpointed with the optimizer, so a run resumed
-from step ``k`` reaches the same parameters as an uninterrupted run.
+trainer's own `torch.Generator` state is checkpointed with the optimizer, so a run resumed
+from step `k` reaches the same parameters as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -32,23 +32,26 @@ __all__ = ["Trainer"]
 
 
 class Trainer:
-    r"""Train a :class:`~scoresde.ScoreModel` by denoising score matching.
+    r"""Train a [`ScoreModel`][scoresde.models.ScoreModel] by denoising score matching.
 
-    **Arguments** (all keyword-only but ``model``):
-    - ``lr``: peak learning rate; ``warmup_steps``: linear warm-up
-      :math:`\text{lr}_k = \text{lr}\cdot\min(1, (k+1)/\text{warmup})`.
-    - ``optimizer``: ``"adam"`` or ``"adamw"``; ``weight_decay``.
-    - ``grad_clip``: max global gradient norm (``None``: no clipping).
-    - ``ema_decay``: EMA rate :math:`\mu`, :math:`\bar\theta \leftarrow \mu\bar\theta + (1-\mu)\theta`
-      (``None``: no EMA).
-    - ``batch_size``; ``weighting`` and ``importance_sampling`` are passed to :func:`dsm_loss`;
-      ``loss_fn(model, batch, generator)`` replaces the loss entirely (e.g. :func:`ddpm_loss`).
-    - ``seed``: seeds the trainer's own generator (batches, times, noise).
-    - ``checkpoint_dir``, ``checkpoint_every``: write ``last.pt`` there every so many steps
-      and at the end.
-    - ``progress``: show a tqdm bar.
+    **Arguments** (all keyword-only but `model`):
 
-    The loss history is ``trainer.losses`` (one float per step).
+    - `lr`: peak learning rate; `warmup_steps`: linear warm-up
+      $\text{lr}_k = \text{lr}\cdot\min(1, (k+1)/\text{warmup})$.
+    - `optimizer`: `"adam"` or `"adamw"`; `weight_decay`.
+    - `grad_clip`: max global gradient norm (`None`: no clipping).
+    - `ema_decay`: EMA rate $\mu$, $\bar\theta \leftarrow \mu_k\bar\theta + (1-\mu_k)\theta$ with
+      warm-up $\mu_k = \min(\mu, (1+k)/(10+k))$ at step $k$ (`None`: no EMA).
+    - `batch_size`; `weighting` and `importance_sampling` are passed to
+      [`dsm_loss`][scoresde.losses.dsm_loss]; `loss_fn(model, batch, generator)` replaces the
+      loss entirely (e.g. [`ddpm_loss`][scoresde.losses.ddpm_loss]).
+    - `seed`: seeds the trainer's own generator (batches, times, noise).
+    - `checkpoint_dir`, `checkpoint_every`: write `last.pt` there every `checkpoint_every`
+      steps (if given) and always at the end of `fit`.
+    - `progress`: show a tqdm bar.
+    - `meta`: extra JSON-able metadata stored in checkpoints (e.g. `{"data": "moons"}`).
+
+    The loss history is `trainer.losses` (one float per step).
     """
 
     def __init__(self, model: ScoreModel, *, lr: float = 1e-3, optimizer: str = "adam",
@@ -57,7 +60,8 @@ class Trainer:
                  batch_size: int = 256, weighting: str = "sigma2",
                  importance_sampling: bool = False, loss_fn: LossFn | None = None,
                  seed: int = 0, checkpoint_dir: str | os.PathLike | None = None,
-                 checkpoint_every: int | None = None, progress: bool = True) -> None:
+                 checkpoint_every: int | None = None, progress: bool = True,
+                 meta: dict[str, Any] | None = None) -> None:
         if not isinstance(model, ScoreModel):
             raise TypeError(f"model must be a ScoreModel, got {type(model).__name__}")
         if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
@@ -98,6 +102,7 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.checkpoint_every = checkpoint_every
         self.progress = progress
+        self.meta = dict(meta or {})
 
     # ----- data -----------------------------------------------------------------------
     def _batch(self, data: DataSource) -> Tensor:
@@ -124,9 +129,9 @@ class Trainer:
 
     # ----- the loop ---------------------------------------------------------------------
     def fit(self, data: DataSource, steps: int) -> Trainer:
-        """Train until ``self.step == steps`` (a resumed trainer continues from its step).
+        """Train until `self.step == steps` (a resumed trainer continues from its step).
 
-        **Raises:** ``ValueError`` naming the step if a batch or the loss holds NaN/Inf; the
+        **Raises:** `ValueError` naming the step if a batch or the loss holds NaN/Inf; the
         update is not applied and no checkpoint is written after it, so the last good
         checkpoint stays intact.
         """
@@ -155,8 +160,13 @@ class Trainer:
                                      "was not applied" + self._last_good())
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if self.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+                norm = torch.nn.utils.clip_grad_norm_(
+                    self.model.parameters(),
+                    self.grad_clip if self.grad_clip is not None else math.inf)
+                if not math.isfinite(float(norm)):
+                    raise ValueError(f"training stopped at step {self.step}: the gradient is "
+                                     "NaN/Inf (the loss was finite); the update was not applied"
+                                     + self._last_good())
                 self.optimizer.step()
                 self._update_ema()
                 self.step += 1
@@ -170,7 +180,7 @@ class Trainer:
         finally:
             bar.close()
             self.model.eval()
-        if self.checkpoint_dir is not None and self.checkpoint_every:
+        if self.checkpoint_dir is not None:
             self.save(self.checkpoint_dir / "last.pt")
         return self
 
@@ -185,7 +195,10 @@ class Trainer:
             return
         ema = list(self.ema_net.parameters())
         cur = list(self.model.net.parameters())
-        torch._foreach_lerp_(ema, cur, 1.0 - self.ema_decay)
+        # warm-up (as in TensorFlow's ExponentialMovingAverage with num_updates): early on the
+        # average must not be dominated by the random initial weights
+        decay = min(self.ema_decay, (1.0 + self.step) / (10.0 + self.step))
+        torch._foreach_lerp_(ema, cur, 1.0 - decay)
         for b_ema, b in zip(self.ema_net.buffers(), self.model.net.buffers(), strict=True):
             b_ema.copy_(b)
 
@@ -209,6 +222,7 @@ class Trainer:
                         "batch_size": self.batch_size, "weighting": self.weighting,
                         "importance_sampling": self.importance_sampling, "seed": self.seed},
             "versions": {"scoresde": __version__, "torch": str(torch.__version__)},
+            **self.meta,
         }
         return {"step": self.step, "model": net.state_dict(),
                 "ema": self.ema_net.state_dict() if self.ema_net is not None else None,
@@ -217,7 +231,7 @@ class Trainer:
                 "meta": meta}
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write a checkpoint atomically (see :mod:`scoresde.checkpoint`)."""
+        """Write a checkpoint atomically (see [`scoresde.checkpoint`][scoresde.checkpoint])."""
         return save_checkpoint(self.state(), path)
 
     def load(self, path: str | os.PathLike) -> Trainer:
