@@ -8,7 +8,7 @@ step, and `h0` can overshoot the end time; a score network must never be called 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -36,7 +36,7 @@ def odeint_range(func: Callable[[Tensor, State], State], y0: State, t_start: flo
                  t_end: float, *, method: str = "dopri5", rtol: float = 1e-5,
                  atol: float = 1e-5, grid: Tensor | None = None,
                  max_num_steps: int | None = None, options: dict[str, Any] | None = None,
-                 return_path: bool = False) -> State:
+                 return_path: bool = False, breakpoints: Sequence[float] = ()) -> State:
     """Integrate `dy/dt = func(t, y)` from `t_start` to `t_end` (either direction).
 
     **Arguments:**
@@ -79,6 +79,11 @@ def odeint_range(func: Callable[[Tensor, State], State], y0: State, t_start: flo
         raise ValueError("return_path needs a fixed grid")
     if max_num_steps is not None:
         opts["max_num_steps"] = int(max_num_steps)
+    if method in ADAPTIVE_METHODS and "step_t" not in opts:
+        jumps = {float(j) for j in torch.as_tensor(opts.get("jump_t", [])).reshape(-1).tolist()}
+        steps = sorted({float(b) for b in breakpoints if lo < float(b) < hi} | {float(t_end)})
+        opts["step_t"] = torch.tensor([t for t in steps if t not in jumps], dtype=tdtype,
+                                      device=ref.device)
     try:
         out = torchdiffeq.odeint(rhs, y0, ts, rtol=rtol, atol=atol, method=method,
                                  options=opts or None)

@@ -92,6 +92,12 @@ class SDE(ABC):
     def _log_snr_inverse(self, lam: Tensor) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no closed-form inverse log-SNR")
 
+    @property
+    def breakpoints(self) -> tuple[float, ...]:
+        """Times in $(0, T)$ where the coefficients are not smooth (adaptive ODE solvers step
+        exactly onto them instead of straddling them); none by default."""
+        return ()
+
     @abstractmethod
     def config(self) -> dict[str, Any]:
         """A JSON-able description `{"name": ..., **kwargs}`; see
@@ -346,6 +352,12 @@ class CosineVPSDE(VPSDE):
         phi = torch.acos(torch.clamp(math.exp(self._log_cos0) * torch.exp(-0.5 * bc), max=1.0))
         t = phi / self._c - self.s
         return t + torch.clamp(b - self._b_clip, min=0.0) / self.beta_clip
+
+    @property
+    def breakpoints(self) -> tuple[float, ...]:
+        """The clip time, where $\beta$ has a kink (a step straddling it loses the
+        integrator's order)."""
+        return (self.t_clip,) if self.t_clip < self.T else ()
 
     def config(self) -> dict[str, Any]:
         return {"name": "CosineVPSDE", "s": self.s, "beta_clip": self.beta_clip}

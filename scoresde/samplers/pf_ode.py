@@ -84,7 +84,8 @@ class ProbabilityFlowODE(AdaptiveSolver):
             raise ValueError(f"nfe=None needs an adaptive method {sorted(ADAPTIVE_METHODS)}, "
                              f"got {method!r}")
         out = odeint_range(pf_ode_rhs(model), x, model.sde.T, t_end, method=method,
-                           rtol=self.rtol, atol=self.atol, max_num_steps=self.max_num_steps)
+                           rtol=self.rtol, atol=self.atol, max_num_steps=self.max_num_steps,
+                           breakpoints=model.sde.breakpoints)
         if not bool(torch.isfinite(out).all()):
             raise SamplingError(f"solver 'pf_ode' ({method}) produced NaN/Inf in the adaptive "
                                 f"solve from t={model.sde.T} to t={t_end}")

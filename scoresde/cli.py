@@ -1,0 +1,339 @@
+"""Command line: ``scoresde compare | train | sample | likelihood | demo``.
+
+Errors a user can cause (a missing checkpoint, an unknown solver, an impossible budget list,
+an output path that is a file) print one line and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def _out_dir(path: str) -> Path:
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"output folder {path!r} exists and is not a folder")
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _command() -> str:
+    return "scoresde " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _sde(name: str):
+    from . import VESDE, VPSDE, SubVPSDE
+
+    table = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "vp_cosine": VPSDE.cosine}
+    if name not in table:
+        raise UsageError(f"unknown SDE {name!r}; choose from {sorted(table)}")
+    return table[name]()
+
+
+# ----- compare ---------------------------------------------------------------------------
+def cmd_compare(a: argparse.Namespace) -> int:
+    from .compare import DEFAULT_BUDGETS, builtin_target, checkpoint_target, compare
+
+    if a.checkpoint:
+        target = checkpoint_target(a.checkpoint, a.data)
+    else:
+        target = builtin_target(a.target, _sde(a.sde))
+    out = _out_dir(a.out)
+    budgets = a.nfe or list(DEFAULT_BUDGETS)
+    comp = compare(target, a.solvers, budgets, n=a.n, seed=a.seed, t_end=a.t_end, out_dir=out,
+                   floor_repeats=a.floor_repeats, progress=not a.no_progress, command=_command())
+    print(f"\nsliced W2 / noise floor ({target.name}; 1.0 = as close as two exact sample sets):\n")
+    print(comp.headline("sw2"))
+    print(f"\nreport: {out / 'report.md'}")
+    return 0
+
+
+# ----- train -----------------------------------------------------------------------------
+def train_model(data: str, out: Path, *, steps: int, sde_name: str = "vp", batch_size: int = 512,
+                lr: float = 2e-3, hidden: int = 128, depth: int = 3, seed: int = 0,
+                prediction: str = "eps", weighting: str = "sigma2", progress: bool = True,
+                n_data: int = 50_000) -> tuple[Any, float]:
+    """Train an MLP score model on a toy set; writes ``model.pt``, ``loss.png`` and
+    ``score_field.png`` to ``out``. Returns (trainer, seconds)."""
+    from . import ScoreModel, Trainer
+    from .analytic import GaussianMixture
+    from .data import TOY_DATASETS, sample_toy
+    from .nets import MLPScoreNet
+    from .plots import plot_losses, plot_score_fields
+
+    if data not in TOY_DATASETS:
+        raise UsageError(f"unknown data set {data!r}; choose from {list(TOY_DATASETS)}")
+    sde = _sde(sde_name)
+    x = sample_toy(data, n_data, generator=torch.Generator().manual_seed(seed))
+    net = MLPScoreNet(dim=2, hidden=hidden, depth=depth,
+                      generator=torch.Generator().manual_seed(seed + 1))
+    model = ScoreModel(net, sde, prediction=prediction)
+    trainer = Trainer(model, lr=lr, batch_size=batch_size, warmup_steps=min(200, steps // 10),
+                      ema_decay=0.999, weighting=weighting, seed=seed, progress=progress,
+                      checkpoint_dir=out, checkpoint_every=max(1, steps // 5),
+                      meta={"data": data, "command": _command()})
+    t0 = time.perf_counter()
+    trainer.fit(x, steps=steps)
+    seconds = time.perf_counter() - t0
+    trainer.save(out / "model.pt")
+    (out / "last.pt").unlink(missing_ok=True)
+    plot_losses(trainer.losses, out / "loss.png")
+    ema = trainer.ema_model()
+    gm = GaussianMixture.eight_gaussians() if data == "eight_gaussians" else None
+    fields = {}
+    for t in (0.05, 0.3):
+        fields[f"learned score, t={t}"] = (lambda p, t=t: ema.score(p.float(), t).double())
+        if gm is not None:
+            fields[f"exact score, t={t}"] = (lambda p, t=t: gm.score(p, t, sde))
+    plot_score_fields(fields, out / "score_field.png", lim=2.5,
+                      title=f"{data}: learned (EMA) vs exact score")
+    return trainer, seconds
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    out = _out_dir(a.out)
+    trainer, seconds = train_model(a.data, out, steps=a.steps, sde_name=a.sde,
+                                   batch_size=a.batch_size, lr=a.lr, hidden=a.hidden,
+                                   depth=a.depth, seed=a.seed, prediction=a.prediction,
+                                   weighting=a.weighting, progress=not a.no_progress)
+    tail = trainer.losses[-100:]
+    print(f"trained {a.steps} steps in {seconds:.1f} s; final loss (mean of last "
+          f"{len(tail)}) {sum(tail) / len(tail):.4f}")
+    print(f"checkpoint: {out / 'model.pt'}; plots: {out / 'loss.png'}, {out / 'score_field.png'}")
+    return 0
+
+
+# ----- sample ----------------------------------------------------------------------------
+def cmd_sample(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from . import load_model, sample
+    from .compare import SolverSpec
+    from .plots import plot_samples
+
+    model = load_model(a.checkpoint)
+    spec = SolverSpec.parse(a.solver)
+    out = _out_dir(a.out)
+    g = torch.Generator().manual_seed(a.seed)
+    res = sample(model, (a.n, 2), solver=spec.make(), nfe=None if spec.adaptive else a.nfe,
+                 generator=g, grid=spec.grid, progress=not a.no_progress)
+    x = res.x.cpu()
+    np.savez(out / "samples.npz", x=x.numpy(), nfe=res.nfe, solver=spec.label, seed=a.seed,
+             command=_command())
+    plot_samples(x, out / "samples.png", title=f"{spec.label}, NFE {res.nfe}")
+    print(f"{a.n} samples with {spec.label} (NFE {res.nfe}): {out / 'samples.npz'}, "
+          f"{out / 'samples.png'}")
+    return 0
+
+
+# ----- likelihood ------------------------------------------------------------------------
+def likelihood_table(model: Any, x: torch.Tensor, exact: Any = None, *, progress: bool = True,
+                     rtol: float = 1e-5, atol: float = 1e-5, divergence: str = "exact"
+                     ) -> tuple[str, dict[str, float]]:
+    """Markdown table of NLL (nats) and bits/dim through the PF-ODE, with the exact values
+    when the density is known."""
+    from . import bits_per_dim, log_likelihood
+
+    res = log_likelihood(model, x, divergence=divergence, rtol=rtol, atol=atol,
+                         progress=progress)
+    d = x[0].numel()
+    nll = float(-res.logp.mean())
+    se = float(res.logp.std() / math.sqrt(x.shape[0]))
+    bpd = float(bits_per_dim(res.logp, x.shape).mean())
+    rows = [("PF-ODE (model)", nll, se, bpd, res.nfe)]
+    out = {"nll": nll, "nll_se": se, "bpd": bpd, "nfe": float(res.nfe)}
+    if exact is not None:
+        lp = exact.log_prob(x.double())
+        e_nll = float(-lp.mean())
+        rows.append(("exact density", e_nll, float(lp.std() / math.sqrt(x.shape[0])),
+                     float(bits_per_dim(lp, x.shape).mean()), 0))
+        out["exact_nll"] = e_nll
+    lines = ["| estimate | NLL (nats) | ± s.e. | bits/dim | NFE |", "|---|---|---|---|---|"]
+    lines += [f"| {n} | {v:.4f} | {s:.4f} | {b:.4f} | {k} |" for n, v, s, b, k in rows]
+    lines.append(f"\n(n = {x.shape[0]} held-out points, D = {d}, continuous data, "
+                 f"{divergence} divergence, rtol = {rtol}, atol = {atol})")
+    return "\n".join(lines), out
+
+
+def cmd_likelihood(a: argparse.Namespace) -> int:
+    from . import load_checkpoint, load_model
+    from .analytic import GaussianMixture
+    from .data import TOY_DATASETS, sample_toy
+
+    model = load_model(a.checkpoint)
+    data = a.data or load_checkpoint(a.checkpoint).get("meta", {}).get("data")
+    if data not in TOY_DATASETS:
+        raise UsageError(f"no known toy data set for {a.checkpoint!r} (got {data!r}); pass --data "
+                         f"with one of {list(TOY_DATASETS)}")
+    x = sample_toy(data, a.n, generator=torch.Generator().manual_seed(a.seed + 10_000))
+    exact = GaussianMixture.eight_gaussians() if data == "eight_gaussians" else None
+    table, vals = likelihood_table(model, x, exact, progress=not a.no_progress,
+                                   divergence=a.divergence, rtol=a.rtol, atol=a.atol)
+    out = _out_dir(a.out)
+    (out / "likelihood.md").write_text(f"# Likelihood of held-out {data}\n\n`{_command()}`\n\n"
+                                       f"{table}\n")
+    (out / "likelihood.json").write_text(json.dumps(vals, indent=2))
+    print(table)
+    print(f"\ntable: {out / 'likelihood.md'}")
+    return 0
+
+
+# ----- demo ------------------------------------------------------------------------------
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .compare import builtin_target, checkpoint_target, compare
+    from .data import sample_toy
+
+    out = _out_dir(a.out)
+    t_start = time.perf_counter()
+    n, steps = (200, 60) if a.quick else (a.n, a.steps)
+    budgets = (6, 12) if a.quick else (10, 20, 50, 100, 250, 1000)
+    prog = not a.no_progress
+    print(f"[1/4] comparing samplers on the exact 8-Gaussians score ({out / 'exact'})")
+    exact = compare(builtin_target("eight_gaussians"), None, budgets, n=n, seed=a.seed,
+                    out_dir=out / "exact", progress=prog, command=_command())
+    print(f"[2/4] training an MLP score network on eight_gaussians, {steps} steps "
+          f"({out / 'train'})")
+    _, seconds = train_model("eight_gaussians", _out_dir(str(out / "train")), steps=steps,
+                             seed=a.seed, progress=prog)
+    print(f"      trained in {seconds:.0f} s")
+    print(f"[3/4] comparing samplers on the trained model ({out / 'trained'})")
+    trained = compare(checkpoint_target(out / "train" / "model.pt"), None, budgets, n=n,
+                      seed=a.seed, out_dir=out / "trained", progress=prog, command=_command())
+    print("[4/4] PF-ODE likelihood of held-out data: trained model vs exact density")
+    target = checkpoint_target(out / "train" / "model.pt")
+    x = sample_toy("eight_gaussians", 50 if a.quick else 500,
+                   generator=torch.Generator().manual_seed(a.seed + 10_000))
+    lik, _ = likelihood_table(target.model, x, target.exact, progress=prog)
+    wall = time.perf_counter() - t_start
+    report = [
+        "# scoresde demo", "", f"`{_command()}` — {wall:.0f} s wall time, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads.", "",
+        "## Samplers at equal NFE on the exact 8-Gaussians score",
+        "Sliced W2 to held-out target samples divided by its noise floor (1.0 = as close as two "
+        "exact sample sets; lower is better; — = budget the solver cannot meet exactly).", "",
+        exact.headline("sw2"), "", "Details and plots: [exact/report.md](exact/report.md)", "",
+        "## The same comparison on the trained MLP", "", trained.headline("sw2"), "",
+        "Details and plots: [trained/report.md](trained/report.md); training curve and learned vs "
+        "exact score: [train/loss.png](train/loss.png), "
+        "[train/score_field.png](train/score_field.png)", "",
+        "## Likelihood of held-out data through the PF-ODE", "", lik, "",
+    ]
+    (out / "report.md").write_text("\n".join(report) + "\n")
+    print("\n" + "\n".join(report[5:9]))
+    print("\nTrained model:\n" + trained.headline("sw2"))
+    print("\n" + lik)
+    print(f"\nreport: {out / 'report.md'}  ({wall:.0f} s)")
+    return 0
+
+
+# ----- parser ----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scoresde", description="Score-SDE toolkit: compare "
+                                "samplers at equal NFE, train toy models, likelihoods.")
+    p.add_argument("--version", action="version", version=f"scoresde {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compare", help="compare samplers at equal NFE budgets")
+    c.add_argument("--target", default="eight_gaussians",
+                   help="built-in exact target: eight_gaussians, mixture2d, mixture5d")
+    c.add_argument("--checkpoint", help="compare a trained model instead of a built-in target")
+    c.add_argument("--data", help="toy data set of the checkpoint (default: the one it records)")
+    c.add_argument("--sde", default="vp", help="SDE for built-in targets: vp, subvp, ve, vp_cosine")
+    c.add_argument("--solvers", nargs="+", help='solver specs, e.g. ddim "ddim:eta=1.0" '
+                   '"pf_ode:method=rk4" "pf_ode:adaptive=1" (default: all fixed-grid + adaptive '
+                   "pf_ode)")
+    c.add_argument("--nfe", nargs="+", type=int, help="NFE budgets (default 10 20 50 100 250 1000)")
+    c.add_argument("--n", type=int, default=4000, help="samples per run")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--t-end", type=float, default=None)
+    c.add_argument("--floor-repeats", type=int, default=5)
+    c.add_argument("--out", default="runs/compare")
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(func=cmd_compare)
+
+    t = sub.add_parser("train", help="train an MLP score model on a 2-D toy set")
+    t.add_argument("--data", default="eight_gaussians")
+    t.add_argument("--steps", type=int, default=5000)
+    t.add_argument("--sde", default="vp")
+    t.add_argument("--batch-size", type=int, default=512)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--hidden", type=int, default=128)
+    t.add_argument("--depth", type=int, default=3)
+    t.add_argument("--prediction", default="eps")
+    t.add_argument("--weighting", default="sigma2")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default="runs/train")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="sample a trained checkpoint (PNG + NPZ)")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--solver", default="euler_maruyama")
+    s.add_argument("--nfe", type=int, default=100)
+    s.add_argument("--n", type=int, default=5000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default="runs/sample")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_sample)
+
+    lk = sub.add_parser("likelihood", help="NLL / bits per dim of held-out data (PF-ODE)")
+    lk.add_argument("--checkpoint", required=True)
+    lk.add_argument("--data")
+    lk.add_argument("--n", type=int, default=1000)
+    lk.add_argument("--seed", type=int, default=0)
+    lk.add_argument("--divergence", default="exact")
+    lk.add_argument("--rtol", type=float, default=1e-5)
+    lk.add_argument("--atol", type=float, default=1e-5)
+    lk.add_argument("--out", default="runs/likelihood")
+    lk.add_argument("--no-progress", action="store_true")
+    lk.set_defaults(func=cmd_likelihood)
+
+    d = sub.add_parser("demo", help="the README's demo: compare, train, compare, likelihood")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--steps", type=int, default=3000, help="training steps")
+    d.add_argument("--n", type=int, default=2000, help="samples per comparison run")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--quick", action="store_true", help="a tiny run (for tests)")
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("\nscoresde: interrupted; rows finished so far are on disk", file=sys.stderr)
+        return 130
+    except (UsageError, ValueError, TypeError, FileNotFoundError, NotADirectoryError,
+            IsADirectoryError) as e:
+        if os.environ.get("SCORESDE_DEBUG"):
+            raise
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"scoresde: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

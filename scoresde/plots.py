@@ -1,0 +1,170 @@
+"""PNG plots for results people would rather see than read (matplotlib, Agg backend).
+
+Every function takes plain tensors/arrays and a path, writes one PNG and returns the path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+__all__ = ["plot_losses", "plot_score_fields", "plot_error_vs_nfe", "plot_sample_grid",
+           "plot_trajectories", "plot_samples"]
+
+
+def _save(fig: Any, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _np(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    return x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def plot_losses(losses: Sequence[float], path: str | os.PathLike, *, window: int = 100,
+                title: str = "DSM training loss") -> Path:
+    """Per-step loss (faint) and its moving average, log scale."""
+    y = np.asarray(losses, dtype=float)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(y, lw=0.5, alpha=0.3, label="per step")
+    if len(y) >= window:
+        ma = np.convolve(y, np.ones(window) / window, mode="valid")
+        ax.plot(np.arange(window - 1, len(y)), ma, lw=1.5, label=f"moving average ({window})")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_score_fields(fields: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+                      path: str | os.PathLike, *, lim: float = 3.0, n: int = 21,
+                      title: str = "") -> Path:
+    """Quiver plots of 2-D vector fields side by side, e.g. learned vs exact score at a time t.
+
+    ``fields`` maps a panel title to ``fn(points (n*n, 2)) -> vectors (n*n, 2)``.
+    """
+    g = torch.linspace(-lim, lim, n, dtype=torch.float64)
+    xx, yy = torch.meshgrid(g, g, indexing="xy")
+    pts = torch.stack([xx.flatten(), yy.flatten()], dim=1)
+    fig, axes = plt.subplots(1, len(fields), figsize=(4.2 * len(fields), 4.2), squeeze=False)
+    for ax, (name, fn) in zip(axes[0], fields.items(), strict=True):
+        with torch.no_grad():
+            v = _np(fn(pts))
+        mag = np.linalg.norm(v, axis=1)
+        ax.quiver(_np(pts[:, 0]), _np(pts[:, 1]), v[:, 0], v[:, 1], mag, cmap="viridis")
+        ax.set_title(name)
+        ax.set_aspect("equal")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_samples(x: torch.Tensor, path: str | os.PathLike, *, title: str = "",
+                 ref: torch.Tensor | None = None, lim: float | None = None) -> Path:
+    """Scatter of 2-D samples (first two coordinates), optionally over reference samples."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    if ref is not None:
+        r = _np(ref)
+        ax.scatter(r[:, 0], r[:, 1], s=1, alpha=0.25, c="tab:gray", label="target")
+    a = _np(x).reshape(len(x), -1)
+    ax.scatter(a[:, 0], a[:, 1], s=1, alpha=0.5, c="tab:blue", label="samples")
+    if lim is not None:
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_error_vs_nfe(curves: dict[str, tuple[Sequence[float], Sequence[float]]],
+                      path: str | os.PathLike, *, floor: tuple[float, float] | None = None,
+                      ylabel: str = "error", title: str = "") -> Path:
+    """Log-log error vs NFE, one line per solver, with the noise floor (mean ± std) drawn."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for name, (nfe, err) in curves.items():
+        nfe_a, err_a = np.asarray(nfe, float), np.asarray(err, float)
+        ok = np.isfinite(err_a) & (err_a > 0)
+        if ok.any():
+            ax.plot(nfe_a[ok], err_a[ok], marker="o", ms=3, label=name)
+    if floor is not None and floor[0] > 0:
+        lo, hi = max(floor[0] - floor[1], floor[0] * 0.05), floor[0] + floor[1]
+        ax.axhline(floor[0], color="k", ls="--", lw=1, label="noise floor")
+        ax.axhspan(lo, hi, color="k", alpha=0.08)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("NFE (network evaluations, denoising included)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(True, which="both", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_sample_grid(samples: dict[tuple[str, int], torch.Tensor], rows: Sequence[str],
+                     cols: Sequence[int], path: str | os.PathLike, *,
+                     ref: torch.Tensor | None = None, lim: float = 3.0) -> Path:
+    """A grid of 2-D scatter plots: solvers (rows) x budgets (columns); missing cells blank."""
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(1.9 * len(cols), 1.9 * len(rows)),
+                             squeeze=False)
+    r = _np(ref) if ref is not None else None
+    for i, name in enumerate(rows):
+        for j, b in enumerate(cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlim(-lim, lim)
+            ax.set_ylim(-lim, lim)
+            if i == 0:
+                ax.set_title(f"NFE {b}", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(name, fontsize=7)
+            x = samples.get((name, b))
+            if x is None:
+                ax.text(0.5, 0.5, "budget not\nreachable", ha="center", va="center",
+                        fontsize=6, transform=ax.transAxes, color="gray")
+                continue
+            if r is not None:
+                ax.scatter(r[:, 0], r[:, 1], s=0.3, c="lightgray")
+            a = _np(x)
+            ax.scatter(a[:, 0], a[:, 1], s=0.3, alpha=0.6)
+    return _save(fig, path)
+
+
+def plot_trajectories(paths: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                      path: str | os.PathLike, *, n_show: int = 60) -> Path:
+    """Particle paths in 2-D and the first coordinate against time, one panel per solver.
+
+    ``paths`` maps a title to ``(times (K,), trajectory (K, B, 2))``.
+    """
+    k = len(paths)
+    fig, axes = plt.subplots(2, k, figsize=(3.6 * k, 6.4), squeeze=False)
+    for j, (name, (times, traj)) in enumerate(paths.items()):
+        tr = _np(traj)[:, :n_show]
+        ts = _np(times)
+        ts = np.concatenate([ts, ts[-1:]]) if len(ts) < tr.shape[0] else ts
+        ax = axes[0][j]
+        ax.plot(tr[:, :, 0], tr[:, :, 1], lw=0.4, alpha=0.6)
+        ax.scatter(tr[-1, :, 0], tr[-1, :, 1], s=3, c="k")
+        ax.set_title(name, fontsize=9)
+        ax.set_aspect("equal")
+        ax2 = axes[1][j]
+        ax2.plot(ts[: tr.shape[0]], tr[:, :, 0], lw=0.4, alpha=0.6)
+        ax2.set_xlabel("t")
+        ax2.set_ylabel("x[0]")
+        ax2.invert_xaxis()
+    return _save(fig, path)
+

@@ -1,0 +1,138 @@
+"""The command line and the comparison engine: outputs on disk, one-line errors, exit codes,
+interrupted runs keep their rows."""
+
+import json
+
+import pytest
+import torch
+
+import scoresde as sd
+from scoresde import cli
+from scoresde.compare import Comparison, SolverSpec, builtin_target, compare
+
+
+def _run(argv, capsys):
+    code = cli.main(argv)
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def test_compare_writes_tables_plots_and_marks_unreachable_budgets(tmp_path):
+    solvers = ["euler_maruyama", "ddim", "heun", "pc", "pf_ode:adaptive=1,rtol=1e-3,atol=1e-3"]
+    comp = compare(builtin_target("mixture2d"), solvers, [4, 5, 8], n=300, seed=1,
+                   out_dir=tmp_path, floor_repeats=3, progress=False, command="test")
+    rows = comp.rows
+    assert len(rows) == 1 + 4 * 3
+    by = {(r["solver"], r["budget"]): r for r in rows}
+    # heun costs 2n - 1 (+1 denoising): odd totals are unreachable and shown as such
+    assert by[("heun", 5)]["status"] == "unreachable"
+    assert "nearest budgets" in by[("heun", 5)]["message"]
+    assert by[("pc", 5)]["status"] == "ok" and by[("pc", 4)]["status"] == "unreachable"
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert all(r["nfe"] == r["budget"] for r in ok if not r["adaptive"])
+    for r in ok:
+        assert r["sw2"] > 0 and r["sw2_floor"] > 0 and "avg_logp" in r and "cov_error" in r
+    for f in ("rows.jsonl", "results.csv", "results.json", "report.md", "error_vs_nfe_sw2.png",
+              "error_vs_nfe_mmd.png", "error_vs_nfe_energy.png", "samples_grid.png",
+              "trajectories.png"):
+        assert (tmp_path / f).is_file(), f
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["config"]["seed"] == 1 and saved["config"]["command"] == "test"
+    assert "torch" in saved["config"]["versions"]
+    report = (tmp_path / "report.md").read_text()
+    assert "noise floor" in report and "| heun |" in report and "—" in report
+    assert isinstance(comp, Comparison) and set(comp.winners()) <= {4, 5, 8}
+
+
+def test_compare_errors_shrink_with_budget_on_exact_target():
+    comp = compare(builtin_target("mixture2d"), ["ddim"], [3, 40], n=1500, seed=0,
+                   floor_repeats=3, progress=False)
+    small, large = comp.rows
+    assert large["cov_error"] < 0.25 * small["cov_error"]
+    assert large["sw2"] < 0.25 * small["sw2"]
+    assert abs(large["avg_logp"] - comp.config["target_avg_logp"]) < \
+        abs(small["avg_logp"] - comp.config["target_avg_logp"])
+    assert large["sw2_ratio"] < 3.0
+
+
+def test_interrupt_keeps_finished_rows(tmp_path, monkeypatch):
+    import scoresde.compare as cmp
+
+    calls = {"n": 0}
+    real = cmp.sample
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(cmp, "sample", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        compare(builtin_target("mixture2d"), ["ddim", "euler_maruyama"], [4, 8], n=100,
+                out_dir=tmp_path, floor_repeats=2, progress=False)
+    lines = (tmp_path / "rows.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[0])["status"] == "ok"
+    assert (tmp_path / "results.csv").is_file()
+
+
+def test_solver_spec_parsing():
+    s = SolverSpec.parse("ddim:eta=0.5,grid=logsnr")
+    assert s.options == {"eta": 0.5} and s.grid == "logsnr" and s.label == "ddim[eta=0.5,grid=logsnr]"
+    assert SolverSpec.parse("pf_ode:adaptive=1").adaptive
+    with pytest.raises(ValueError, match="unknown solver"):
+        SolverSpec.parse("nope")
+    with pytest.raises(TypeError, match="unknown option"):
+        SolverSpec.parse("ddim:etta=1")
+    with pytest.raises(ValueError, match="no adaptive mode"):
+        SolverSpec.parse("ddim:adaptive=1")
+
+
+def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    cases = [
+        ["compare", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o")],
+        ["compare", "--solvers", "warp_drive", "--out", str(tmp_path / "o")],
+        ["compare", "--nfe", "1", "--out", str(tmp_path / "o")],
+        ["compare", "--out", str(f)],
+        ["compare", "--target", "nope", "--out", str(tmp_path / "o")],
+        ["sample", "--checkpoint", str(f)],
+    ]
+    for argv in cases:
+        code, out, err = _run(argv, capsys)
+        assert code == 2, (argv, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("scoresde: error:"), (argv, err)
+        assert "Traceback" not in err
+
+
+def test_train_sample_likelihood_round_trip(tmp_path, capsys):
+    code, out, _ = _run(["train", "--data", "moons", "--steps", "30", "--hidden", "16",
+                         "--depth", "1", "--out", str(tmp_path / "t"), "--no-progress"], capsys)
+    assert code == 0 and (tmp_path / "t" / "model.pt").is_file()
+    assert (tmp_path / "t" / "loss.png").is_file() and (tmp_path / "t" / "score_field.png").is_file()
+    ck = sd.load_checkpoint(tmp_path / "t" / "model.pt")
+    assert ck["meta"]["data"] == "moons" and ck["step"] == 30
+    code, out, _ = _run(["sample", "--checkpoint", str(tmp_path / "t" / "model.pt"), "--solver",
+                         "ddim", "--nfe", "6", "--n", "50", "--out", str(tmp_path / "s"),
+                         "--no-progress"], capsys)
+    assert code == 0
+    import numpy as np
+
+    z = np.load(tmp_path / "s" / "samples.npz")
+    assert z["x"].shape == (50, 2) and int(z["nfe"]) == 6
+    code, out, _ = _run(["likelihood", "--checkpoint", str(tmp_path / "t" / "model.pt"), "--n",
+                         "20", "--rtol", "1e-3", "--atol", "1e-3", "--out", str(tmp_path / "l"),
+                         "--no-progress"], capsys)
+    assert code == 0 and "NLL" in out
+    vals = json.loads((tmp_path / "l" / "likelihood.json").read_text())
+    assert vals["nfe"] > 0 and torch.isfinite(torch.tensor(vals["nll"]))
+
+
+def test_demo_quick(tmp_path, capsys):
+    code, out, _ = _run(["demo", "--quick", "--out", str(tmp_path), "--no-progress"], capsys)
+    assert code == 0
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "exact" / "report.md").is_file()
+    assert (tmp_path / "trained" / "samples_grid.png").is_file()
+    assert "report:" in out and "NLL" in out
