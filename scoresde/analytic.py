@@ -173,22 +173,31 @@ class GaussianMixture:
             raise ValueError(f"x must have shape (B, *{self.event_shape}), got {tuple(x.shape)}")
         return x.reshape(x.shape[0], self.dim)
 
-    def _logjoint(self, x: Tensor, alpha: Tensor, sigma2: Tensor, need_score: bool
-                  ) -> tuple[Tensor, Tensor | None]:
-        """`log w_k + log N(x; alpha mu_k, alpha^2 Sigma_k + sigma2 I)` (B, K), and if asked the
-        per-component scores (B, K, D) in the eigenbases' coordinates mapped back."""
-        logw, mu, evals, evecs = self._params(x)
+    def _rotation(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """All eigenbases side by side, `U_all[:, k*D:(k+1)*D] = U_k`, shape (D, K*D), and the
+        rotated means `mu_k U_k`, shape (K, D): one matrix product rotates `x` into every
+        component's eigenbasis at once."""
+        key = ("rot", like.dtype, like.device)
+        if key not in self._cache:
+            u_all = self._evecs.permute(1, 0, 2).reshape(self.dim, -1)
+            mu_rot = torch.einsum("kd,kde->ke", self.means, self._evecs)
+            self._cache[key] = tuple(p.to(dtype=like.dtype, device=like.device)
+                                     for p in (u_all, mu_rot))
+        return self._cache[key]
+
+    def _logjoint(self, x: Tensor, alpha: Tensor, sigma2: Tensor) -> tuple[Tensor, Tensor]:
+        """`log w_k + log N(x; alpha mu_k, alpha^2 Sigma_k + sigma2 I)`, shape (B, K), and
+        the eigen-coordinates of `x - alpha mu_k` divided by the variances, shape (B, K, D)."""
+        logw, _, evals, _ = self._params(x)
+        u_all, mu_rot = self._rotation(x)
         a = alpha.reshape(-1, 1, 1) if alpha.dim() else alpha
         s2 = sigma2.reshape(-1, 1, 1) if sigma2.dim() else sigma2
-        diff = x[:, None, :] - a * mu[None]                       # (B, K, D)
-        proj = torch.einsum("bkd,kde->bke", diff, evecs)          # coordinates in eigenbasis
-        var = a ** 2 * evals[None] + s2                            # (B, K, D)
+        proj = (x @ u_all).reshape(x.shape[0], self.n_components, self.dim) - a * mu_rot
+        var = a ** 2 * evals + s2                                  # (B or 1, K, D)
+        scaled = proj / var
         lognorm = -0.5 * (self.dim * math.log(2 * math.pi) + var.log().sum(-1)
-                          + (proj ** 2 / var).sum(-1))
-        comp = None
-        if need_score:
-            comp = -torch.einsum("bke,kde->bkd", proj / var, evecs)
-        return logw + lognorm, comp
+                          + (proj * scaled).sum(-1))
+        return logw + lognorm, scaled
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Exact log-density of the data distribution, per sample: shape `(B,)`, nats."""
@@ -197,7 +206,7 @@ class GaussianMixture:
                              "(use marginal_log_prob at t > 0)")
         xf = self._flat(x)
         one = torch.ones((), dtype=x.dtype, device=x.device)
-        lj, _ = self._logjoint(xf, one, 0.0 * one, need_score=False)
+        lj, _ = self._logjoint(xf, one, 0.0 * one)
         return torch.logsumexp(lj, dim=1)
 
     def _coefs(self, x: Tensor, t: float | Tensor, sde: SDE) -> tuple[Tensor, Tensor]:
@@ -207,15 +216,17 @@ class GaussianMixture:
     def marginal_log_prob(self, x: Tensor, t: float | Tensor, sde: SDE) -> Tensor:
         r"""Exact $\log p_t(x)$ under `sde`, per sample: shape `(B,)`, nats."""
         xf = self._flat(x)
-        lj, _ = self._logjoint(xf, *self._coefs(xf, t, sde), need_score=False)
+        lj, _ = self._logjoint(xf, *self._coefs(xf, t, sde))
         return torch.logsumexp(lj, dim=1)
 
     def score(self, x: Tensor, t: float | Tensor, sde: SDE) -> Tensor:
         r"""Exact score $\nabla_x \log p_t(x)$ under `sde`, shape of `x`."""
         xf = self._flat(x)
-        lj, comp = self._logjoint(xf, *self._coefs(xf, t, sde), need_score=True)
-        r = torch.softmax(lj, dim=1)
-        return torch.einsum("bk,bkd->bd", r, comp).reshape(x.shape)
+        lj, scaled = self._logjoint(xf, *self._coefs(xf, t, sde))
+        # score = -sum_k r_k U_k (proj_k / var_k): one matrix product back from all eigenbases
+        w = (torch.softmax(lj, dim=1).unsqueeze(-1) * scaled).reshape(xf.shape[0], -1)
+        u_all, _ = self._rotation(xf)
+        return -(w @ u_all.T).reshape(x.shape)
 
     def as_model(self, sde: SDE, device: torch.device | str | None = None) -> ScoreModel:
         """A [`ScoreModel`][scoresde.models.ScoreModel] whose score is exactly
