@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--n", type=int, default=4000, help="samples per run")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--t-end", type=float, default=None)
-    c.add_argument("--floor-repeats", type=int, default=5)
+    c.add_argument("--floor-repeats", type=int, default=8)
     c.add_argument("--out", default="runs/compare")
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(func=cmd_compare)
@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the README's demo: compare, train, compare, likelihood")
     d.add_argument("--out", default="runs/demo")
-    d.add_argument("--steps", type=int, default=3000, help="training steps")
+    d.add_argument("--steps", type=int, default=8000, help="training steps")
     d.add_argument("--n", type=int, default=2000, help="samples per comparison run")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quick", action="store_true", help="a tiny run (for tests)")

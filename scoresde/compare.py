@@ -197,6 +197,10 @@ class Comparison:
                 else:
                     cells.append(f"{r[metric] / floor:.2f}")
             lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+        fl = self.floors[metric]
+        lines.append(f"\nNoise floor of {metric} at n = {self.config['n']}: {fl['mean']:.4g} ± "
+                     f"{fl['std']:.2g}; ratios within 1 ± {fl['std'] / fl['mean']:.2f} cannot be "
+                     "told apart from exact sampling at this sample size.")
         return "\n".join(lines)
 
     def winners(self, metric: str = "sw2") -> dict[int, str]:
@@ -255,7 +259,7 @@ def _score(x: Tensor, ref: Tensor, exact: GaussianMixture | None, seed: int) -> 
 def compare(target: Target, solvers: Sequence[str | SolverSpec] | None = None,
             budgets: Sequence[int] = DEFAULT_BUDGETS, *, n: int = 4000, seed: int = 0,
             t_end: float | None = None, out_dir: str | os.PathLike | None = None,
-            floor_repeats: int = 5, progress: bool = True, trajectories: bool = True,
+            floor_repeats: int = 8, progress: bool = True, trajectories: bool = True,
             command: str | None = None) -> Comparison:
     """Run every solver at every budget from one shared $x_T$ and score the samples.
 
