@@ -21,11 +21,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m scoresde demo
 
-# The docs build runs before pytest so that pytest's summary stays the last line.
+# The docs build runs before pytest so that pytest's summary stays the last line. One pytest
+# run covers the tests and the notebooks in docs/notebooks (executed top to bottom by nbmake,
+# outputs not written back).
 test: $(STAMP)
 	$(PY) -m ruff check scoresde tests experiments
 	$(MKDOCS) --quiet
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q tests docs/notebooks --nbmake
 
 # The documentation site (mkdocs.yml) into site/; --strict turns every warning into an error.
 docs: $(STAMP)

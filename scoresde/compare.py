@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import __version__, metrics, plots
 from .analytic import GaussianMixture

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
