@@ -26,6 +26,7 @@ for i in range(len(grid) - 1):
 from __future__ import annotations
 
 import inspect
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -214,6 +215,40 @@ class AdaptiveSolver(Solver):
     def solve_adaptive(self, model: ScoreModel, x: Tensor, t_end: float,
                        generator: torch.Generator | None) -> Tensor:
         """Integrate from ``T`` to ``t_end`` with adaptive steps."""
+
+
+class NonFiniteWatch:
+    """Remembers the first watched evaluation that was NaN/Inf (its time and its index among
+    the evaluations), without a host synchronisation per evaluation: read `time` and `index`
+    once, after the solve. Adaptive solvers that own their loop (torchdiffeq, torchsde) use
+    it to name the step and time in a `SamplingError`."""
+
+    def __init__(self) -> None:
+        self._t: Tensor | None = None
+        self._i: Tensor | None = None
+        self.count = 0
+
+    def __call__(self, t: Tensor | float, out: Tensor) -> Tensor:
+        """Record ``t`` if ``out`` is the first non-finite evaluation; returns ``out``."""
+        if self._t is None:
+            self._t = torch.full((), math.nan, dtype=torch.float64, device=out.device)
+            self._i = torch.full((), -1, dtype=torch.long, device=out.device)
+        t = torch.as_tensor(t, device=out.device).to(torch.float64).reshape(-1)[0]
+        first = ~torch.isfinite(out).all() & (self._i < 0)
+        self._t = torch.where(first, t, self._t)
+        self._i = torch.where(first, self.count, self._i)
+        self.count += 1
+        return out
+
+    @property
+    def time(self) -> float | None:
+        """The time of the first non-finite evaluation, or None."""
+        return None if self._i is None or int(self._i) < 0 else float(self._t)
+
+    @property
+    def index(self) -> int | None:
+        """The index (from 0) of the first non-finite evaluation, or None."""
+        return None if self._i is None or int(self._i) < 0 else int(self._i)
 
 
 def tweedie_denoise(model: ScoreModel, x: Tensor, t_end: float) -> Tensor:

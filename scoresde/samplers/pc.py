@@ -43,6 +43,8 @@ class PredictorCorrector(FixedGridSolver):
                              f"{predictor!r}")
         self.predictor, self.snr, self.n_corrector_steps = pred, float(snr), n_corrector_steps
         self.order = pred.order
+        # Langevin steps draw noise; without them the predictor decides
+        self.stochastic = pred.stochastic or n_corrector_steps > 0
 
     def nfe_for_steps(self, n_steps: int) -> int:
         return self.predictor.nfe_for_steps(n_steps) + self.n_corrector_steps * n_steps

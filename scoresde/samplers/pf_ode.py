@@ -16,7 +16,7 @@ import torch
 
 from .._ode import ADAPTIVE_METHODS, FIXED_METHOD_COST, check_tolerances, odeint_range
 from ..models import ScoreModel
-from .base import AdaptiveSolver, SamplingError
+from .base import AdaptiveSolver, NonFiniteWatch, SamplingError
 from .registry import register_solver
 
 Tensor = torch.Tensor
@@ -83,10 +83,19 @@ class ProbabilityFlowODE(AdaptiveSolver):
         if method not in ADAPTIVE_METHODS:
             raise ValueError(f"nfe=None needs an adaptive method {sorted(ADAPTIVE_METHODS)}, "
                              f"got {method!r}")
-        out = odeint_range(pf_ode_rhs(model), x, model.sde.T, t_end, method=method,
-                           rtol=self.rtol, atol=self.atol, max_num_steps=self.max_num_steps,
-                           breakpoints=model.sde.breakpoints)
+        rhs, watch = pf_ode_rhs(model), NonFiniteWatch()
+        where = f"in the adaptive solve from t={model.sde.T} to t={t_end}"
+        try:
+            out = odeint_range(lambda t, y: watch(t, rhs(t, y)), x, model.sde.T, t_end,
+                               method=method, rtol=self.rtol, atol=self.atol,
+                               max_num_steps=self.max_num_steps, breakpoints=model.sde.breakpoints)
+        except AssertionError as e:
+            # torchdiffeq asserts (e.g. "underflow in dt") once NaN/Inf reaches its error control
+            if watch.time is None:
+                raise
+            raise SamplingError(f"solver 'pf_ode' ({method}) produced NaN/Inf {where}: first "
+                                f"non-finite evaluation at t = {watch.time:.6g} ({e})") from None
         if not bool(torch.isfinite(out).all()):
-            raise SamplingError(f"solver 'pf_ode' ({method}) produced NaN/Inf in the adaptive "
-                                f"solve from t={model.sde.T} to t={t_end}")
+            at = f"; first non-finite evaluation at t = {watch.time:.6g}" if watch.time is not None else ""
+            raise SamplingError(f"solver 'pf_ode' ({method}) produced NaN/Inf {where}{at}")
         return out

@@ -24,7 +24,7 @@ import torchsde
 
 from .._ode import check_tolerances
 from ..models import ScoreModel
-from .base import AdaptiveSolver, SamplingError
+from .base import AdaptiveSolver, NonFiniteWatch, SamplingError
 from .registry import register_solver
 
 Tensor = torch.Tensor
@@ -42,10 +42,11 @@ METHODS = {
 class _ReverseSDE(torch.nn.Module):
     noise_type = "diagonal"
 
-    def __init__(self, model: ScoreModel, shape: torch.Size, sde_type: str) -> None:
+    def __init__(self, model: ScoreModel, shape: torch.Size, sde_type: str, t_end: float) -> None:
         super().__init__()
         self.model, self.shape, self.sde_type = model, shape, sde_type
-        self.T = model.sde.T
+        self.watch = NonFiniteWatch()
+        self.T, self.t_end = model.sde.T, t_end
         self._memo: list[tuple[Tensor, Tensor]] = []
 
     def f(self, tau: Tensor, y: Tensor) -> Tensor:
@@ -54,15 +55,18 @@ class _ReverseSDE(torch.nn.Module):
         for y_seen, out in self._memo:
             if y_seen is y:
                 return out
-        t = (self.T - tau).clamp(max=self.T)
+        # T - tau can round an ulp below t_end (SRK's stage times): keep t in [t_end, T]
+        t = (self.T - tau).clamp(min=self.t_end, max=self.T)
         x = y.reshape(self.shape)
-        out = -self.model.sde.reverse_drift(x, t, self.model.score(x, t)).reshape(y.shape)
+        score = self.watch(t, self.model.score(x, t))
+        out = -self.model.sde.reverse_drift(x, t, score).reshape(y.shape)
         self._memo = [(y, out)] + self._memo[:7]
         return out
 
     def g(self, tau: Tensor, y: Tensor) -> Tensor:
-        t = (self.T - tau).clamp(max=self.T)
-        return self.model.sde.diffusion(t).expand(y.shape)
+        t = (self.T - tau).clamp(min=self.t_end, max=self.T)
+        # tau is float64 whatever y's dtype: g must not promote a float32 state
+        return self.model.sde.diffusion(t).to(y.dtype).expand(y.shape)
 
 
 @register_solver("torchsde")
@@ -97,7 +101,7 @@ class TorchSDE(AdaptiveSolver):
             levy_area_approximation="space-time" if self.method == "srk" else "none")
         # times in float64 whatever the state's dtype, so that n steps of dt add up to span
         ts = torch.tensor([0.0, span], dtype=torch.float64, device=y0.device)
-        sde = _ReverseSDE(model, x.shape, self.sde_type)
+        sde = _ReverseSDE(model, x.shape, self.sde_type, t_end)
         kw = dict(method=self.method, bm=bm)
         if dt is None:
             kw.update(adaptive=True, rtol=self.rtol, atol=self.atol, dt=span / 100,
@@ -108,11 +112,32 @@ class TorchSDE(AdaptiveSolver):
             # torchsde warns about adaptive Euler with non-additive noise; ours is additive
             # (g does not depend on x), declared "diagonal" only to keep g of shape (B, D)
             warnings.filterwarnings("ignore", message=".*non-additive noise.*")
-            out = torchsde.sdeint(sde, y0, ts, **kw)[-1].reshape(x.shape)
+            try:
+                out = torchsde.sdeint(sde, y0, ts, **kw)[-1].reshape(x.shape)
+            except AssertionError as e:
+                # torchsde asserts ("Found nans in the error estimate") in adaptive mode
+                if sde.watch.time is None:
+                    raise
+                raise SamplingError(self._nan_message(model, t_end, dt, sde.watch)
+                                    + f" ({e})") from None
         if not bool(torch.isfinite(out).all()):
-            raise SamplingError(f"solver 'torchsde' ({self.method}) produced NaN/Inf between "
-                                f"t={model.sde.T} and t={t_end}")
+            raise SamplingError(self._nan_message(model, t_end, dt, sde.watch))
         return out
+
+    def _nan_message(self, model: ScoreModel, t_end: float, dt: float | None,
+                     watch: NonFiniteWatch) -> str:
+        T = model.sde.T
+        msg = f"solver 'torchsde' ({self.method}) produced NaN/Inf"
+        if watch.time is None:
+            return f"{msg} between t={T} and t={t_end}"
+        if dt is None:
+            return (f"{msg} in the adaptive solve from t={T} to t={t_end}: first non-finite "
+                    f"evaluation at t = {watch.time:.6g}")
+        # evaluations come in order: `extra_evals` at the start, then `cost_per_step` per step
+        n = max(1, round((T - t_end) / dt))
+        h = (T - t_end) / n
+        k = min(max(0, watch.index - self.extra_evals) // self.cost_per_step, n - 1)
+        return f"{msg} at step {k} of {n} (t = {T - k * h:.6g} -> {T - (k + 1) * h:.6g})"
 
     def solve(self, model: ScoreModel, x: Tensor, grid: Tensor,
               generator: torch.Generator | None = None, *, trajectory: bool = False,

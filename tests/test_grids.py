@@ -1,0 +1,108 @@
+"""Time grids: every grid runs from T to t_end exactly and strictly decreasing, and each
+matches its closed form (uniform in t, in sqrt(t), in log-SNR, in the EDM noise level)."""
+
+import math
+
+import pytest
+import torch
+from oracle import SDE_FACTORIES, make_sde
+
+import scoresde as sd
+from scoresde.samplers import GRIDS, KarrasGrid, LogSNRGrid, QuadraticGrid, TimeGrid, UniformGrid, get_grid
+
+
+def _sigma_tilde(sde, t):
+    """EDM's noise level sigma/alpha = exp(-lambda/2)."""
+    return torch.exp(-0.5 * sde.log_snr(t))
+
+
+@pytest.mark.parametrize("sde_name", list(SDE_FACTORIES))
+@pytest.mark.parametrize("grid_name", sorted(GRIDS))
+@pytest.mark.parametrize("n", [1, 2, 7, 100])
+def test_grid_endpoints_and_monotone(sde_name, grid_name, n):
+    sde = make_sde(sde_name)
+    for t_end in (sde.sample_eps, 1e-5, 0.3):
+        g = get_grid(grid_name)(sde, n, t_end)
+        assert g.dtype == torch.float64 and g.shape == (n + 1,)
+        assert float(g[0]) == sde.T and float(g[-1]) == t_end          # exactly, not approximately
+        assert bool((g[1:] < g[:-1]).all())
+        assert bool(torch.isfinite(g).all())
+
+
+@pytest.mark.parametrize("sde_name", list(SDE_FACTORIES))
+def test_grids_match_closed_forms(sde_name):
+    sde = make_sde(sde_name)
+    T, t_end, n = sde.T, 1e-3, 37
+    i = torch.arange(n + 1, dtype=torch.float64) / n
+    tight = dict(rtol=1e-12, atol=1e-12)
+
+    # uniform in t
+    torch.testing.assert_close(UniformGrid()(sde, n, t_end), T + i * (t_end - T), **tight)
+    # uniform in sqrt(t)
+    q = QuadraticGrid()(sde, n, t_end)
+    torch.testing.assert_close(q.sqrt(), math.sqrt(T) + i * (math.sqrt(t_end) - math.sqrt(T)), **tight)
+    # uniform in log-SNR: lambda(t_i) is an arithmetic sequence between lambda(T) and lambda(t_end)
+    g = LogSNRGrid()(sde, n, t_end)
+    lam = sde.log_snr(g)
+    lam_ends = sde.log_snr(torch.tensor([T, t_end], dtype=torch.float64))
+    torch.testing.assert_close(lam, lam_ends[0] + i * (lam_ends[1] - lam_ends[0]), rtol=1e-9, atol=1e-9)
+    # Karras: uniform in sigma_tilde^(1/rho), for the default rho = 7 and another one
+    for rho in (7.0, 3.0):
+        grid = KarrasGrid(rho) if rho != 7.0 else KarrasGrid()
+        g = grid(sde, n, t_end)
+        s = _sigma_tilde(sde, g) ** (1 / rho)
+        s_ends = _sigma_tilde(sde, torch.tensor([T, t_end], dtype=torch.float64)) ** (1 / rho)
+        torch.testing.assert_close(s, s_ends[0] + i * (s_ends[1] - s_ends[0]), rtol=1e-9, atol=1e-12)
+
+
+def test_grids_differ_and_concentrate_near_t_end():
+    """The non-uniform grids put more points near t_end than the uniform one (their reason
+    to exist), and Karras with a larger rho more so."""
+    sde = sd.VPSDE()
+    n, t_end = 50, 1e-3
+    below = {name: int((get_grid(name)(sde, n, t_end) < 0.1).sum()) for name in GRIDS}
+    for name in ("quadratic", "logsnr", "karras"):
+        assert below[name] > below["uniform"] + 5, below
+    few = int((KarrasGrid(2.0)(sde, n, t_end) < 0.1).sum())
+    assert below["karras"] > few
+
+
+def test_get_grid_and_custom_grid():
+    assert isinstance(get_grid("uniform"), UniformGrid)
+    g = KarrasGrid(5.0)
+    assert get_grid(g) is g
+    with pytest.raises(ValueError, match="unknown time grid 'cosine'.*karras.*logsnr.*quadratic.*uniform"):
+        get_grid("cosine")
+    with pytest.raises(ValueError, match="unknown time grid"):
+        get_grid(3)
+
+    class Cubic(TimeGrid):
+        def _grid(self, sde, n, t_end):
+            return t_end + (sde.T - t_end) * torch.linspace(1, 0, n + 1, dtype=torch.float64) ** 3
+
+    grid = Cubic()(sd.VPSDE(), 10, 1e-3)
+    assert float(grid[0]) == 1.0 and float(grid[-1]) == 1e-3
+
+    class Broken(TimeGrid):  # not decreasing: must be refused, not silently used
+        def _grid(self, sde, n, t_end):
+            return torch.full((n + 1,), 0.5, dtype=torch.float64)
+
+    with pytest.raises(ValueError, match="non-decreasing grid"):
+        Broken()(sd.VPSDE(), 4, 1e-3)
+
+
+@pytest.mark.parametrize("grid_name", sorted(GRIDS))
+def test_grid_bad_arguments(grid_name):
+    sde, grid = sd.VPSDE(), get_grid(grid_name)
+    for n in (0, -3, 2.0, True, None):
+        with pytest.raises(ValueError, match="n_steps"):
+            grid(sde, n, 1e-3)
+    for t_end in (0.0, -0.1, 1.0, 1.5):
+        with pytest.raises(ValueError, match=r"t_end must lie in \(0, T\)"):
+            grid(sde, 10, t_end)
+
+
+def test_karras_rho_must_be_positive():
+    for rho in (0.0, -1.0):
+        with pytest.raises(ValueError, match="rho"):
+            KarrasGrid(rho)
