@@ -5,7 +5,7 @@ One flat public namespace (``import scoresde as sd``); see DESIGN.md and docs/.
 
 __version__ = "0.1.0"
 
-from . import analytic, data, metrics, nets, samplers  # noqa: E402  # noqa: E402
+from . import analytic, compare, data, metrics, nets, samplers  # noqa: E402
 from .checkpoint import load_checkpoint, load_model, save_checkpoint  # noqa: E402
 from .likelihood import (  # noqa: E402
     BoundResult,
@@ -22,7 +22,15 @@ from .likelihood import (  # noqa: E402
 )
 from .losses import ddpm_loss, dsm_loss  # noqa: E402
 from .models import ScoreModel  # noqa: E402
-from .samplers import GRIDS, SOLVERS, SampleResult, register_solver, sample  # noqa: E402
+from .samplers import (  # noqa: E402
+    GRIDS,
+    SOLVERS,
+    BudgetError,
+    SampleResult,
+    SamplingError,
+    register_solver,
+    sample,
+)
 from .schedules import DiscreteSchedule  # noqa: E402
 from .sdes import SDE, VESDE, VPSDE, CosineVPSDE, ScheduleVPSDE, SubVPSDE, sde_from_config  # noqa: E402
 from .training import Trainer  # noqa: E402
@@ -33,6 +41,7 @@ __all__ = [
     "DiscreteSchedule", "ScoreModel", "dsm_loss", "ddpm_loss", "Trainer",
     "save_checkpoint", "load_checkpoint", "load_model",
     "metrics", "samplers", "sample", "SampleResult", "SOLVERS", "GRIDS", "register_solver",
+    "BudgetError", "SamplingError", "compare",
     "log_likelihood", "LikelihoodResult", "pf_ode_encode", "pf_ode_decode", "FlowResult",
     "variational_bound", "BoundResult", "bits_per_dim", "uniform_dequantize",
     "dequantized_bits_per_dim", "BPDResult",

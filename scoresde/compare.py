@@ -108,13 +108,14 @@ def checkpoint_target(path: str | os.PathLike, data: str | None = None) -> Targe
 class SolverSpec:
     """A solver with options, parsed from ``"name"`` or ``"name:key=value,key=value"``.
 
-    ``grid=...`` selects the time grid; ``adaptive=1`` (or ``nfe=None``) asks for an adaptive
+    ``grid=...`` selects the time grid (default: the solver's own `default_grid`);
+    ``adaptive=1`` asks for an adaptive
     solve (``pf_ode``, ``torchsde``), which ignores the budget list.
     """
 
     name: str
     options: dict[str, Any] = field(default_factory=dict)
-    grid: str = "uniform"
+    grid: str | None = None
     adaptive: bool = False
 
     @classmethod
@@ -131,7 +132,8 @@ class SolverSpec:
                 opts[key.strip()] = ast.literal_eval(val.strip())
             except (ValueError, SyntaxError):
                 opts[key.strip()] = val.strip()
-        grid = str(opts.pop("grid", "uniform"))
+        grid = opts.pop("grid", None)
+        grid = None if grid is None else str(grid)
         adaptive = bool(opts.pop("adaptive", False))
         if adaptive and not SOLVERS[name].adaptive_capable:
             raise ValueError(f"solver {name!r} has no adaptive mode (only pf_ode and torchsde)")
@@ -147,7 +149,7 @@ class SolverSpec:
     @property
     def label(self) -> str:
         parts = [f"{k}={v}" for k, v in self.options.items()]
-        if self.grid != "uniform":
+        if self.grid is not None:
             parts.append(f"grid={self.grid}")
         if self.adaptive:
             parts.append("adaptive")
@@ -404,7 +406,8 @@ def _write_report(comp: Comparison, model: ScoreModel, ref: Tensor,
              f"{cfg['target_description']}.", "",
              f"- command: `{cfg['command']}`",
              f"- seed {cfg['seed']}, n = {cfg['n']} samples per run, t_end = {cfg['t_end']}, "
-             f"same x_T for every run",
+             f"same x_T for every run; each solver on its default time grid unless its label "
+             f"names one (heun: karras, dpm_solver: logsnr, others: uniform)",
              f"- versions: {', '.join(f'{k} {v}' for k, v in cfg['versions'].items())}",
              f"- {cfg['date']}, {cfg['machine']['platform']}, {cfg['machine']['threads']} threads",
              "", "## Headline: sliced W2 / noise floor (1.0 = as close as two exact sample sets)",

@@ -64,7 +64,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ._checks import check_finite
 from ._ode import ADAPTIVE_METHODS, check_tolerances, odeint_range
@@ -148,7 +148,8 @@ class BoundResult:
       $\log p_{t_\epsilon}(x)$.
     - `stderr`: its per-sample Monte Carlo standard error (NaN when `n_samples = 1`).
     - `prior_term`: $\mathbb E\log\pi(x_T)$ (closed form).
-    - `nfe`: network evaluations (`n_samples` per data point, batched).
+    - `nfe`: network forward passes, as everywhere in scoresde; each is one batched call on
+      `n_samples` perturbed copies of every data point in a batch.
     - `t_eps`, `n_samples`: the settings used.
     """
 

@@ -1,6 +1,8 @@
-"""PNG plots for results people would rather see than read (matplotlib, Agg backend).
+"""PNG plots for results people would rather see than read.
 
 Every function takes plain tensors/arrays and a path, writes one PNG and returns the path.
+Figures are built with matplotlib's object API (`matplotlib.figure.Figure`), never pyplot,
+so importing scoresde neither picks a backend nor disturbs a notebook's inline plotting.
 """
 
 from __future__ import annotations
@@ -10,22 +12,25 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
 __all__ = ["plot_losses", "plot_score_fields", "plot_error_vs_nfe", "plot_sample_grid",
            "plot_trajectories", "plot_samples"]
 
 
-def _save(fig: Any, path: str | os.PathLike) -> Path:
+def _figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6, 4)
+            ) -> tuple[Figure, Any]:
+    """A pyplot-free figure and its axes array (always 2-d)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -37,7 +42,8 @@ def plot_losses(losses: Sequence[float], path: str | os.PathLike, *, window: int
                 title: str = "DSM training loss") -> Path:
     """Per-step loss (faint) and its moving average, log scale."""
     y = np.asarray(losses, dtype=float)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, axes = _figure(figsize=(6, 3.5))
+    ax = axes[0][0]
     ax.plot(y, lw=0.5, alpha=0.3, label="per step")
     if len(y) >= window:
         ma = np.convolve(y, np.ones(window) / window, mode="valid")
@@ -60,7 +66,7 @@ def plot_score_fields(fields: dict[str, Callable[[torch.Tensor], torch.Tensor]],
     g = torch.linspace(-lim, lim, n, dtype=torch.float64)
     xx, yy = torch.meshgrid(g, g, indexing="xy")
     pts = torch.stack([xx.flatten(), yy.flatten()], dim=1)
-    fig, axes = plt.subplots(1, len(fields), figsize=(4.2 * len(fields), 4.2), squeeze=False)
+    fig, axes = _figure(1, len(fields), figsize=(4.2 * len(fields), 4.2))
     for ax, (name, fn) in zip(axes[0], fields.items(), strict=True):
         with torch.no_grad():
             v = _np(fn(pts))
@@ -76,7 +82,8 @@ def plot_score_fields(fields: dict[str, Callable[[torch.Tensor], torch.Tensor]],
 def plot_samples(x: torch.Tensor, path: str | os.PathLike, *, title: str = "",
                  ref: torch.Tensor | None = None, lim: float | None = None) -> Path:
     """Scatter of 2-D samples (first two coordinates), optionally over reference samples."""
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig, axes = _figure(figsize=(4.5, 4.5))
+    ax = axes[0][0]
     if ref is not None:
         r = _np(ref)
         ax.scatter(r[:, 0], r[:, 1], s=1, alpha=0.25, c="tab:gray", label="target")
@@ -94,7 +101,8 @@ def plot_error_vs_nfe(curves: dict[str, tuple[Sequence[float], Sequence[float]]]
                       path: str | os.PathLike, *, floor: tuple[float, float] | None = None,
                       ylabel: str = "error", title: str = "") -> Path:
     """Log-log error vs NFE, one line per solver, with the noise floor (mean ± std) drawn."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, axes = _figure(figsize=(6.5, 4.5))
+    ax = axes[0][0]
     for name, (nfe, err) in curves.items():
         nfe_a, err_a = np.asarray(nfe, float), np.asarray(err, float)
         ok = np.isfinite(err_a) & (err_a > 0)
@@ -118,8 +126,7 @@ def plot_sample_grid(samples: dict[tuple[str, int], torch.Tensor], rows: Sequenc
                      cols: Sequence[int], path: str | os.PathLike, *,
                      ref: torch.Tensor | None = None, lim: float = 3.0) -> Path:
     """A grid of 2-D scatter plots: solvers (rows) x budgets (columns); missing cells blank."""
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(1.9 * len(cols), 1.9 * len(rows)),
-                             squeeze=False)
+    fig, axes = _figure(len(rows), len(cols), figsize=(1.9 * len(cols), 1.9 * len(rows)))
     r = _np(ref) if ref is not None else None
     for i, name in enumerate(rows):
         for j, b in enumerate(cols):
@@ -151,7 +158,7 @@ def plot_trajectories(paths: dict[str, tuple[torch.Tensor, torch.Tensor]],
     ``paths`` maps a title to ``(times (K,), trajectory (K, B, 2))``.
     """
     k = len(paths)
-    fig, axes = plt.subplots(2, k, figsize=(3.6 * k, 6.4), squeeze=False)
+    fig, axes = _figure(2, k, figsize=(3.6 * k, 6.4))
     for j, (name, (times, traj)) in enumerate(paths.items()):
         tr = _np(traj)[:, :n_show]
         ts = _np(times)

@@ -28,7 +28,6 @@ from scoresde.samplers import (
     FixedGridSolver,
     SamplingError,
     Solver,
-    UniformGrid,
     get_grid,
     make_solver,
     register_solver,
@@ -779,7 +778,7 @@ def test_non_finite_score_raises_sampling_error_naming_step_and_time(name, opts,
     found = re.search(r"step (\d+) of (\d+) \(t = ([\d.e+-]+) -> ([\d.e+-]+)\)", msg)
     assert found and name in msg, msg
     k, n = int(found.group(1)), int(found.group(2))
-    grid = UniformGrid()(model.sde, steps, model.sde.sample_eps)
+    grid = get_grid(solver.default_grid)(model.sde, steps, model.sde.sample_eps)
     assert n == steps
     assert float(found.group(3)) == pytest.approx(float(grid[k]), rel=1e-5)
     assert float(found.group(4)) == pytest.approx(float(grid[k + 1]), rel=1e-5)
@@ -807,3 +806,16 @@ def test_tweedie_denoise_is_tweedies_formula():
     # and for a point mass it returns the point
     point = gaussian(MU, 0.0).as_model(sd.VPSDE())
     torch.testing.assert_close(tweedie_denoise(point, x, 0.2), torch.tensor(MU, dtype=F64).expand(10, 2))
+
+
+@pytest.mark.parametrize("name, grid", [("heun", "karras"), ("dpm_solver", "logsnr"),
+                                        ("ddim", "uniform"), ("euler_maruyama", "uniform")])
+def test_default_grid_is_the_solvers_own(name, grid):
+    gm, model = _small_problem()
+    solver = make_solver(name)
+    assert solver.default_grid == grid
+    nfe = _budget(solver, 6)
+    a = sd.sample(model, (8, 2), solver=name, nfe=nfe, generator=gen(1))
+    b = sd.sample(model, (8, 2), solver=name, nfe=nfe, generator=gen(1), grid=grid)
+    assert torch.equal(a.x, b.x) and torch.equal(a.times, b.times)
+    assert make_solver("pc", predictor=name).default_grid == grid

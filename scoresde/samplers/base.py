@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .._checks import bcast
 from ..models import ScoreModel
@@ -102,6 +102,8 @@ class Solver(ABC):
     cost_per_step: ClassVar[int] = 1
     #: solvers that can run without an NFE budget (adaptive step size)
     adaptive_capable: ClassVar[bool] = False
+    #: the time grid `sample` uses when the caller names none (a name in `GRIDS`)
+    default_grid: ClassVar[str] = "uniform"
 
     def nfe_for_steps(self, n_steps: int) -> int:
         """Network evaluations used by ``n_steps`` steps (the denoising step excluded)."""

@@ -26,6 +26,7 @@ class DPMSolverPP2M(FixedGridSolver):
     """DPM-Solver++(2M); 1 evaluation per step, order 2 (multistep)."""
 
     order = 2.0
+    default_grid = "logsnr"  # the spacing DPM-Solver is designed for (Lu et al. 2022)
 
     def __init__(self) -> None:
         pass

@@ -33,6 +33,7 @@ class Heun(FixedGridSolver):
     """EDM Heun on the PF-ODE; 2n - 1 evaluations for n steps, order 2."""
 
     order = 2.0
+    default_grid = "karras"  # EDM's spacing (Karras et al. 2022)
 
     def __init__(self, churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),
                  s_noise: float = 1.0) -> None:

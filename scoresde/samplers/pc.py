@@ -43,6 +43,7 @@ class PredictorCorrector(FixedGridSolver):
                              f"{predictor!r}")
         self.predictor, self.snr, self.n_corrector_steps = pred, float(snr), n_corrector_steps
         self.order = pred.order
+        self.default_grid = pred.default_grid
         # Langevin steps draw noise; without them the predictor decides
         self.stochastic = pred.stochastic or n_corrector_steps > 0
 

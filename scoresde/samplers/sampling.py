@@ -54,7 +54,7 @@ def _check_nfe(nfe: Any, denoise: bool) -> None:
 def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
            solver: str | Solver = "euler_maruyama", nfe: int | None = 100,
            generator: torch.Generator | None = None, x_T: Tensor | None = None, *,
-           t_end: float | None = None, grid: str | TimeGrid = "uniform", denoise: bool = True,
+           t_end: float | None = None, grid: str | TimeGrid | None = None, denoise: bool = True,
            trajectory: bool = False, progress: bool = False, **options: Any) -> SampleResult:
     r"""Draw samples by solving the reverse SDE or the probability-flow ODE from ``T`` to
     ``t_end``.
@@ -70,7 +70,8 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
     - ``x_T``: starting noise (its dtype and device are kept); drawn from the prior if None.
     - ``t_end``: end time, default ``model.sde.sample_eps``.
     - ``grid``: a name in `GRIDS` (``"uniform"``, ``"quadratic"``, ``"logsnr"``,
-      ``"karras"``) or a `TimeGrid`.
+      ``"karras"``) or a `TimeGrid`; default: the solver's `default_grid` (``"logsnr"`` for
+      ``dpm_solver``, ``"karras"`` for ``heun``, ``"uniform"`` otherwise).
     - ``denoise``: finish with Tweedie's step $\hat x_0 = (x + \sigma^2 s)/\alpha$ at
       ``t_end`` (one evaluation, counted in ``nfe``).
     - ``trajectory``: also return the states on the grid; ``progress``: show a tqdm bar.
@@ -116,7 +117,7 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
         else:
             _check_nfe(nfe, denoise)
             n_steps = slv.steps_for_nfe(nfe, extra=int(denoise))
-            times = get_grid(grid)(sde, n_steps, t_end)
+            times = get_grid(slv.default_grid if grid is None else grid)(sde, n_steps, t_end)
             x, path = slv.solve(model, x_T, times, generator, trajectory=trajectory,
                                 progress=progress)
         if denoise:
