@@ -2,7 +2,9 @@ r"""Solver interface: fixed-grid solvers implement `step`, adaptive ones impleme
 
 A solver declares
 
-- `order`: its convergence order (weak order for stochastic solvers);
+- `order`: its convergence order: the ODE solution's order for deterministic solvers, the
+  weak order for stochastic ones (`TorchSDE` declares its strong order, a lower bound, and
+  `strong_order`);
 - `stochastic`: whether it injects noise;
 - its cost: `nfe_for_steps(n)`, the number of network evaluations for ``n`` steps
   (``cost_per_step * n`` unless the solver says otherwise, e.g. Heun's ``2n - 1``).
@@ -15,11 +17,13 @@ Manual stepping (a notebook can drive any fixed-grid solver itself):
 
 ```python
 solver = sd.SOLVERS["ddim"](eta=0.0)
-grid = sd.samplers.UniformGrid()(model.sde, 50, 1e-3)
-ctx = solver.start(model, x_T, grid, generator=g)
-x = x_T
-for i in range(len(grid) - 1):
-    x = solver.step(ctx, x, i)
+grid = sd.samplers.UniformGrid()(model.sde, 49, 1e-3)
+with torch.no_grad():
+    ctx = solver.start(model, x_T, grid, generator=g)
+    x = x_T
+    for i in range(len(grid) - 1):
+        x = solver.step(ctx, x, i)
+    x0 = sd.samplers.tweedie_denoise(model, x, 1e-3)   # = sd.sample(..., nfe=50).x
 ```
 """
 
@@ -128,7 +132,8 @@ class Solver(ABC):
         return out
 
     def _budget_message(self, nfe: int, extra: int = 0) -> str:
-        ok = self.reachable(max(nfe, 1) + 4 * max(1, self.nfe_for_steps(1)), extra)
+        stride = max(1, self.nfe_for_steps(2) - self.nfe_for_steps(1))
+        ok = self.reachable(max(nfe, 1) + 3 * stride, extra)
         lower = [k for k in ok if k < nfe][-3:]
         higher = [k for k in ok if k > nfe][:3]
         den = " + 1 for the final denoising step" if extra else ""
@@ -149,8 +154,9 @@ class Solver(ABC):
     @classmethod
     def options(cls) -> list[str]:
         """Names of the keyword options the solver accepts."""
-        params = inspect.signature(cls.__init__).parameters
-        return [p for p in params if p != "self"]
+        params = inspect.signature(cls.__init__).parameters.values()
+        return [p.name for p in params if p.name != "self"
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
     def __repr__(self) -> str:
         opts = {k: getattr(self, k) for k in self.options() if hasattr(self, k)}
@@ -191,15 +197,15 @@ class FixedGridSolver(Solver):
         ctx = self.start(model, x, grid, generator)
         n = ctx.n_steps
         path = [x] if trajectory else None
-        first_bad = torch.full((), -1, dtype=torch.long, device=x.device)
+        finite = []  # one 0-d flag per step, reduced once at the end: no host sync in the loop
         for i in tqdm(range(n), disable=not progress, desc=self.name, leave=False):
             x = self.step(ctx, x, i)
-            bad = ~torch.isfinite(x).all()
-            first_bad = torch.where(bad & (first_bad < 0), i, first_bad)
+            finite.append(torch.isfinite(x).all())
             if path is not None:
                 path.append(x)
-        k = int(first_bad)
-        if k >= 0:
+        ok = torch.stack(finite)
+        if not bool(ok.all()):
+            k = int((~ok).nonzero()[0, 0])
             raise SamplingError(
                 f"solver {self.name!r} produced NaN/Inf at step {k} of {n} "
                 f"(t = {float(grid[k]):.6g} -> {float(grid[k + 1]):.6g})")

@@ -16,6 +16,8 @@ Optional churn (EDM's $S_\text{churn}, S_{tmin}, S_{tmax}, S_\text{noise}$): bef
 raise the noise level to $\hat\sigma = \tilde\sigma_i(1+\gamma)$,
 $\gamma = \min(S_\text{churn}/n, \sqrt2 - 1)$, by adding
 $\sqrt{\hat\sigma^2 - \tilde\sigma_i^2}\,S_\text{noise}\,z$; the solver is then stochastic.
+Churn applies where $S_{tmin} \le \tilde\sigma_i \le S_{tmax}$ (noise levels
+$\tilde\sigma$, not times); $\hat\sigma$ is capped at $\tilde\sigma(T)$ (so $\hat t \le T$).
 """
 
 from __future__ import annotations
@@ -51,10 +53,12 @@ class Heun(FixedGridSolver):
     def _churn(self, ctx: StepContext, xs: torch.Tensor, i: int
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """(scaled x, sigma-tilde, time, alpha) after the churn, or None without churn."""
+        if self.churn == 0:
+            return None
         sde = ctx.sde
         # decide on the CPU float64 grid: no host synchronisation
         s_i_host = float(torch.exp(-0.5 * sde._log_snr(ctx.grid[i])))
-        if self.churn == 0 or not (self.s_tmin <= s_i_host <= self.s_tmax):
+        if not (self.s_tmin <= s_i_host <= self.s_tmax):
             return None
         s_i = ctx.sigma[i] / ctx.alpha[i]
         gamma = min(self.churn / ctx.n_steps, math.sqrt(2.0) - 1.0)

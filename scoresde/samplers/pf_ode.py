@@ -22,6 +22,9 @@ from .registry import register_solver
 Tensor = torch.Tensor
 
 FIXED_ORDER = {"euler": 1.0, "midpoint": 2.0, "heun2": 2.0, "heun3": 3.0, "rk4": 4.0}
+#: order of the solution each adaptive method propagates
+ADAPTIVE_ORDER = {"dopri5": 5.0, "dopri8": 8.0, "bosh3": 3.0, "fehlberg2": 2.0,
+                  "adaptive_heun": 2.0}
 
 
 def pf_ode_rhs(model: ScoreModel):
@@ -48,7 +51,8 @@ class ProbabilityFlowODE(AdaptiveSolver):
         check_tolerances(rtol, atol)
         fixed = method if method in FIXED_METHOD_COST else "rk4"
         self.cost_per_step = FIXED_METHOD_COST[fixed]
-        self.order = FIXED_ORDER[fixed] if method in FIXED_METHOD_COST or method is None else 5.0
+        self.order = (FIXED_ORDER[fixed] if method in FIXED_METHOD_COST or method is None
+                      else ADAPTIVE_ORDER[method])
 
     def _fixed_method(self) -> str:
         if self.method is None:

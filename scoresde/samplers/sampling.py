@@ -27,8 +27,9 @@ class SampleResult:
     - `nfe`: network evaluations actually used (counted by the model, denoising included).
     - `times`: the time grid (float64, decreasing from ``T`` to ``t_end``; for an adaptive
       solve, just ``[T, t_end]``).
-    - `trajectory`: ``(len(times), B, ...)`` states on the grid (with the denoised sample
-      appended when ``denoise=True``), or ``None`` unless asked for.
+    - `trajectory`: the states on the grid, shape ``(len(times), B, ...)``, plus the denoised
+      sample appended when ``denoise=True`` (``len(times) + 1`` entries), or ``None``
+      unless asked for.
     - `x_T`: the starting noise; `solver`: the solver used; `t_end`: the end time.
     """
 
@@ -95,8 +96,8 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
         shape = tuple(shape)
         if len(shape) < 2 or any((not isinstance(s, int)) or s < 1 for s in shape):
             raise ValueError(f"shape must be (B, *event_shape) of positive integers, got {shape}")
-        device = generator.device if generator is not None else model.device
-        x_T = sde.prior_sample(shape, generator, dtype=torch.get_default_dtype(), device=device)
+        x_T = sde.prior_sample(shape, generator, dtype=torch.get_default_dtype(),
+                               device=model.device)
     else:
         if not isinstance(x_T, Tensor) or not x_T.is_floating_point() or x_T.dim() < 2:
             raise ValueError("x_T must be a floating tensor of shape (B, *event_shape)")

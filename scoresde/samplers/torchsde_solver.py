@@ -81,7 +81,9 @@ class TorchSDE(AdaptiveSolver):
             raise ValueError(f"unknown torchsde method {method!r}; known: {sorted(METHODS)}")
         check_tolerances(rtol, atol)
         self.method, self.rtol, self.atol, self.dt_min = method, rtol, atol, dt_min
-        self.sde_type, self.cost_per_step, self.extra_evals, self.order = METHODS[method]
+        self.sde_type, self.cost_per_step, self.extra_evals, self.strong_order = METHODS[method]
+        # declared `order`: the strong order under additive noise, a lower bound of the weak one
+        self.order = self.strong_order
 
     def nfe_for_steps(self, n_steps: int) -> int:
         return self.cost_per_step * n_steps + self.extra_evals
