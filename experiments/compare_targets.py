@@ -36,8 +36,8 @@ def main() -> None:
              "exact sets of the same size); 1.0 means indistinguishable from exact samples at this "
              "sample size, — marks a budget the solver cannot meet exactly. Every run starts from "
              "the same $x_T$; the exact score means zero model error, so differences are solver "
-             "error alone. Each solver runs on its default time grid (heun: Karras, dpm_solver: "
-             "log-SNR, others: uniform); the budgets 21, 101 and 1001 are there so that `pc` "
+             "error alone. Each solver runs on its default time grid (dpm_solver: log-SNR, others: "
+             "uniform); the budgets 21, 101 and 1001 are there so that `pc` "
              "(2n + 1 evaluations) and `pf_ode` with rk4 (4n + 1) appear.", ""]
     for target, sde_name in TARGETS:
         out = FIGURES / f"compare_{target}_{sde_name}"

@@ -407,7 +407,7 @@ def _write_report(comp: Comparison, model: ScoreModel, ref: Tensor,
              f"- command: `{cfg['command']}`",
              f"- seed {cfg['seed']}, n = {cfg['n']} samples per run, t_end = {cfg['t_end']}, "
              f"same x_T for every run; each solver on its default time grid unless its label "
-             f"names one (heun: karras, dpm_solver: logsnr, others: uniform)",
+             f"names one (dpm_solver: logsnr, others: uniform)",
              f"- versions: {', '.join(f'{k} {v}' for k, v in cfg['versions'].items())}",
              f"- {cfg['date']}, {cfg['machine']['platform']}, {cfg['machine']['threads']} threads",
              "", "## Headline: sliced W2 / noise floor (1.0 = as close as two exact sample sets)",

@@ -808,7 +808,7 @@ def test_tweedie_denoise_is_tweedies_formula():
     torch.testing.assert_close(tweedie_denoise(point, x, 0.2), torch.tensor(MU, dtype=F64).expand(10, 2))
 
 
-@pytest.mark.parametrize("name, grid", [("heun", "karras"), ("dpm_solver", "logsnr"),
+@pytest.mark.parametrize("name, grid", [("heun", "uniform"), ("dpm_solver", "logsnr"),
                                         ("ddim", "uniform"), ("euler_maruyama", "uniform")])
 def test_default_grid_is_the_solvers_own(name, grid):
     gm, model = _small_problem()

@@ -72,7 +72,7 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
     - ``t_end``: end time, default ``model.sde.sample_eps``.
     - ``grid``: a name in `GRIDS` (``"uniform"``, ``"quadratic"``, ``"logsnr"``,
       ``"karras"``) or a `TimeGrid`; default: the solver's `default_grid` (``"logsnr"`` for
-      ``dpm_solver``, ``"karras"`` for ``heun``, ``"uniform"`` otherwise).
+      ``dpm_solver``, ``"uniform"`` otherwise).
     - ``denoise``: finish with Tweedie's step $\hat x_0 = (x + \sigma^2 s)/\alpha$ at
       ``t_end`` (one evaluation, counted in ``nfe``).
     - ``trajectory``: also return the states on the grid; ``progress``: show a tqdm bar.
