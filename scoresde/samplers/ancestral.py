@@ -21,6 +21,8 @@ $z = 0$ step, which is the Tweedie denoising step.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .base import FixedGridSolver, StepContext
@@ -43,11 +45,9 @@ class Ancestral(FixedGridSolver):
 
     def step(self, ctx: StepContext, x: torch.Tensor, i: int) -> torch.Tensor:
         a_s, a_t, s_s, s_t = ctx.alpha[i], ctx.alpha[i + 1], ctx.sigma[i], ctx.sigma[i + 1]
-        delta = ctx.lam[i] - ctx.lam[i + 1]
+        one_minus = -math.expm1(ctx.lam[i] - ctx.lam[i + 1])        # 1 - e^Delta
         eps = ctx.eps(x, i)
-        x0 = (x - s_s * eps) / a_s
-        e = torch.exp(delta)
-        one_minus = -torch.expm1(delta)
-        mean = (a_t / a_s) * e * x + a_t * one_minus * x0
+        # the mean with x0 = (x - s_s eps)/a_s substituted: (a_t/a_s) x - a_t s_s (1 - e^D)/a_s eps
+        out = torch.add(x * (a_t / a_s), eps, alpha=-a_t * s_s * one_minus / a_s)
         var = (s_t if self.variance == "posterior" else s_s) ** 2 * one_minus
-        return mean + torch.sqrt(var) * ctx.noise(x)
+        return out.add_(ctx.noise(x), alpha=math.sqrt(var))

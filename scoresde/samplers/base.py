@@ -59,21 +59,23 @@ class BudgetError(ValueError):
 class StepContext:
     r"""Everything a step needs, computed once per solve.
 
-    **Attributes:** `model`; `grid` (the times, float64, shape ``(n+1,)``); `generator`;
-    per-grid-point coefficients on ``x``'s device and dtype, shape ``(n+1,)``: `t`,
-    `alpha`, `sigma`, `f` ($f(t)$), `g2` ($g(t)^2$), `lam` ($\lambda(t)$); and `state`, a dict
-    the solver may use for its own history (multistep methods).
+    **Attributes:** `model`; `grid` (the times, float64 on the CPU, shape ``(n+1,)``);
+    `generator`; `t`, the grid on ``x``'s device and dtype (what the network is fed); the
+    per-grid-point coefficients as Python floats computed in float64 on the host (so step
+    arithmetic on them launches no device kernels): `alpha`, `sigma`, `f` ($f(t)$), `g2`
+    ($g(t)^2$), `lam` ($\lambda(t)$), each a list of length ``n+1``; and `state`, a dict the
+    solver may use for its own history (multistep methods).
     """
 
     model: ScoreModel
     grid: Tensor
     generator: torch.Generator | None
     t: Tensor
-    alpha: Tensor
-    sigma: Tensor
-    f: Tensor
-    g2: Tensor
-    lam: Tensor
+    alpha: list[float]
+    sigma: list[float]
+    f: list[float]
+    g2: list[float]
+    lam: list[float]
     state: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -171,10 +173,10 @@ class FixedGridSolver(Solver):
         """Precompute the per-grid coefficients and let the solver initialise its state."""
         sde = model.sde
         t = grid.to(dtype=x.dtype, device=x.device)
-        g64 = grid.to(torch.float64)
+        g64 = grid.to(device="cpu", dtype=torch.float64)
         coef = [torch.exp(sde._log_alpha(g64)), sde._sigma(g64), sde._f(g64), sde._g2(g64),
                 sde._log_snr(g64)]
-        alpha, sigma, f, g2, lam = (c.to(dtype=x.dtype, device=x.device) for c in coef)
+        alpha, sigma, f, g2, lam = (c.tolist() for c in coef)
         ctx = StepContext(model, grid, generator, t, alpha, sigma, f, g2, lam)
         self.init(ctx, x)
         return ctx

@@ -16,6 +16,8 @@ One network evaluation per step.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .base import FixedGridSolver, StepContext
@@ -37,8 +39,9 @@ class DDIM(FixedGridSolver):
     def step(self, ctx: StepContext, x: torch.Tensor, i: int) -> torch.Tensor:
         a_s, a_t, s_s, s_t = ctx.alpha[i], ctx.alpha[i + 1], ctx.sigma[i], ctx.sigma[i + 1]
         eps = ctx.eps(x, i)
-        x0 = (x - s_s * eps) / a_s
+        var = self.eta ** 2 * s_t ** 2 * -math.expm1(ctx.lam[i] - ctx.lam[i + 1])
+        # a_t x0 + sqrt(s_t^2 - var) eps with x0 = (x - s_s eps)/a_s, host coefficients
+        out = torch.add(x * (a_t / a_s), eps, alpha=math.sqrt(s_t ** 2 - var) - a_t * s_s / a_s)
         if self.eta == 0.0:
-            return a_t * x0 + s_t * eps
-        var = self.eta ** 2 * s_t ** 2 * -torch.expm1(ctx.lam[i] - ctx.lam[i + 1])
-        return a_t * x0 + torch.sqrt(s_t ** 2 - var) * eps + torch.sqrt(var) * ctx.noise(x)
+            return out
+        return out.add_(ctx.noise(x), alpha=math.sqrt(var))

@@ -15,6 +15,8 @@ order 2.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .base import FixedGridSolver, StepContext
@@ -36,13 +38,13 @@ class DPMSolverPP2M(FixedGridSolver):
 
     def step(self, ctx: StepContext, x: torch.Tensor, i: int) -> torch.Tensor:
         s_s, s_t, a_s, a_t = ctx.sigma[i], ctx.sigma[i + 1], ctx.alpha[i], ctx.alpha[i + 1]
-        x0 = (x - s_s * ctx.eps(x, i)) / a_s
+        x0 = torch.add(x, ctx.eps(x, i), alpha=-s_s).div_(a_s)
         h = 0.5 * (ctx.lam[i + 1] - ctx.lam[i])
         prev = ctx.state["x0_prev"]
         if prev is None:
             d = x0
         else:
             r = 0.5 * (ctx.lam[i] - ctx.lam[i - 1]) / h
-            d = (1 + 0.5 / r) * x0 - (0.5 / r) * prev
+            d = torch.add(x0 * (1 + 0.5 / r), prev, alpha=-0.5 / r)
         ctx.state["x0_prev"] = x0
-        return (s_t / s_s) * x - a_t * torch.expm1(-h) * d
+        return torch.add(x * (s_t / s_s), d, alpha=-a_t * math.expm1(-h))

@@ -9,6 +9,8 @@ Weak order 1 (strong order ½); one network evaluation per step.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .base import FixedGridSolver, StepContext
@@ -26,6 +28,9 @@ class EulerMaruyama(FixedGridSolver):
         pass
 
     def step(self, ctx: StepContext, x: torch.Tensor, i: int) -> torch.Tensor:
-        h = ctx.t[i] - ctx.t[i + 1]
-        drift = ctx.f[i] * x - ctx.g2[i] * ctx.score(x, i)
-        return x - h * drift + torch.sqrt(ctx.g2[i] * h) * ctx.noise(x)
+        # with s = -eps/sigma: x - h (f x + g^2 eps / sigma) + sqrt(g^2 h) z, host coefficients
+        h = float(ctx.grid[i] - ctx.grid[i + 1])
+        g2 = ctx.g2[i]
+        eps = ctx.eps(x, i)
+        out = torch.add(x * (1.0 - h * ctx.f[i]), eps, alpha=-h * g2 / ctx.sigma[i])
+        return out.add_(ctx.noise(x), alpha=math.sqrt(g2 * h))

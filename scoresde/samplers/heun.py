@@ -52,36 +52,37 @@ class Heun(FixedGridSolver):
         return "2n - 1 evaluations for n steps"
 
     def _churn(self, ctx: StepContext, xs: torch.Tensor, i: int
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+               ) -> tuple[torch.Tensor, float, torch.Tensor, float] | None:
         """(scaled x, sigma-tilde, time, alpha) after the churn, or None without churn."""
         if self.churn == 0:
             return None
-        sde = ctx.sde
-        # decide on the CPU float64 grid: no host synchronisation
-        s_i_host = float(torch.exp(-0.5 * sde._log_snr(ctx.grid[i])))
-        if not (self.s_tmin <= s_i_host <= self.s_tmax):
+        s_i = ctx.sigma[i] / ctx.alpha[i]                     # host floats: no device sync
+        if not (self.s_tmin <= s_i <= self.s_tmax):
             return None
-        s_i = ctx.sigma[i] / ctx.alpha[i]
+        sde = ctx.sde
         gamma = min(self.churn / ctx.n_steps, math.sqrt(2.0) - 1.0)
-        s_max = torch.exp(-0.5 * sde._log_snr(ctx.t[0]))
-        s_hat = torch.clamp(s_i * (1 + gamma), max=s_max)
-        t_hat = torch.clamp(sde.log_snr_inverse(-2.0 * torch.log(s_hat)), max=sde.T)
-        xs = xs + torch.sqrt(s_hat ** 2 - s_i ** 2) * self.s_noise * ctx.noise(xs)
-        return xs, s_hat, t_hat, torch.exp(sde._log_alpha(t_hat))
+        s_max = math.exp(-0.5 * ctx.lam[0])                   # sigma-tilde(T)
+        s_hat = min(s_i * (1 + gamma), s_max)
+        lam_hat = torch.tensor(-2.0 * math.log(s_hat), dtype=torch.float64)
+        t_hat = min(float(sde.log_snr_inverse(lam_hat)), sde.T)
+        a_hat = math.exp(float(sde._log_alpha(torch.tensor(t_hat, dtype=torch.float64))))
+        xs = xs.add(ctx.noise(xs), alpha=math.sqrt(s_hat ** 2 - s_i ** 2) * self.s_noise)
+        return xs, s_hat, torch.tensor(t_hat, dtype=xs.dtype, device=xs.device), a_hat
 
     def step(self, ctx: StepContext, x: torch.Tensor, i: int) -> torch.Tensor:
-        xs = x / ctx.alpha[i]
+        a_i, a_next = ctx.alpha[i], ctx.alpha[i + 1]
+        xs = x / a_i
         churned = self._churn(ctx, xs, i)
-        s_next = ctx.sigma[i + 1] / ctx.alpha[i + 1]
+        s_next = ctx.sigma[i + 1] / a_next
         if churned is None:
-            h = s_next - ctx.sigma[i] / ctx.alpha[i]
+            h = s_next - ctx.sigma[i] / a_i
             d = ctx.eps(x, i)
         else:
             xs, s_hat, t_hat, a_hat = churned
             h = s_next - s_hat
             d = ctx.model._eps(a_hat * xs, t_hat, a_hat, a_hat * s_hat)
-        x_next = xs + h * d
+        x_next = torch.add(xs, d, alpha=h)
         if i < ctx.n_steps - 1:
-            d2 = ctx.eps(ctx.alpha[i + 1] * x_next, i + 1)
-            x_next = xs + h * 0.5 * (d + d2)
-        return ctx.alpha[i + 1] * x_next
+            d2 = ctx.eps(x_next * a_next, i + 1)
+            x_next = torch.add(xs, d + d2, alpha=0.5 * h)
+        return x_next.mul_(a_next)
