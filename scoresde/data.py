@@ -10,9 +10,9 @@ rounding).
 **Scaling convention.** Every dataset is centred and *isotropically* scaled (the shape is not
 distorted) so that, exactly in expectation,
 
-.. math::  \mathbb{E}[x] = 0, \qquad \mathbb{E}\|x\|^2 = 2,
+$$\mathbb{E}[x] = 0, \qquad \mathbb{E}\|x\|^2 = 2,$$
 
-the first two moments of the VP prior :math:`\mathcal N(0, I_2)` (average per-coordinate
+the first two moments of the VP prior $\mathcal N(0, I_2)$ (average per-coordinate
 variance 1). The centre and scale are computed in closed form from the dataset's parameters,
 so the convention holds for every parameter value; shape parameters such as ``noise`` are
 given in the *raw* units of the construction described in each docstring. The one exception
@@ -138,11 +138,11 @@ def moons(
     r"""Two interleaved half-moons.
 
     Raw construction: pick a moon with probability 1/2 each and
-    :math:`\theta \sim U(0, \pi)`; the upper moon is :math:`(\cos\theta, \sin\theta)`, the
-    lower one :math:`(1 - \cos\theta, \tfrac12 - \sin\theta)`; add
-    :math:`\mathcal N(0, \mathrm{noise}^2 I)`. The raw mean is :math:`(\tfrac12, \tfrac14)`
-    and :math:`\mathbb E\|x - \mu\|^2 = \tfrac{21}{16} - \tfrac1\pi + 2\,\mathrm{noise}^2`;
-    the output is centred and scaled so that :math:`\mathbb E\|x\|^2 = 2`. At the default
+    $\theta \sim U(0, \pi)$; the upper moon is $(\cos\theta, \sin\theta)$, the
+    lower one $(1 - \cos\theta, \tfrac12 - \sin\theta)$; add
+    $\mathcal N(0, \mathrm{noise}^2 I)$. The raw mean is $(\tfrac12, \tfrac14)$
+    and $\mathbb E\|x - \mu\|^2 = \tfrac{21}{16} - \tfrac1\pi + 2\,\mathrm{noise}^2$;
+    the output is centred and scaled so that $\mathbb E\|x\|^2 = 2$. At the default
     ``noise = 0.1`` the per-coordinate standard deviations are about ``(1.22, 0.71)``.
 
     **Arguments:**
@@ -181,13 +181,13 @@ def swiss_roll(
 ) -> torch.Tensor:
     r"""A two-dimensional swiss roll (spiral).
 
-    Raw construction: :math:`\theta \sim U(a, b)` with :math:`a = 1.5\pi`, :math:`b = 4.5\pi`
-    (one and a half turns), point :math:`\theta(\cos\theta, \sin\theta)` plus
-    :math:`\mathcal N(0, \mathrm{noise}^2 I)`; the turns are :math:`2\pi \approx 6.3` raw
-    units apart. The raw mean :math:`\mu = \big(\mathbb E[\theta\cos\theta],
-    \mathbb E[\theta\sin\theta]\big) = (2, \tfrac{2}{3\pi})`
-    and :math:`\mathbb E\|x - \mu\|^2 = \tfrac{a^2 + ab + b^2}{3} - \|\mu\|^2 + 2\,\mathrm{noise}^2`
-    are exact; the output is centred and scaled so that :math:`\mathbb E\|x\|^2 = 2`. At the
+    Raw construction: $\theta \sim U(a, b)$ with $a = 1.5\pi$, $b = 4.5\pi$
+    (one and a half turns), point $\theta(\cos\theta, \sin\theta)$ plus
+    $\mathcal N(0, \mathrm{noise}^2 I)$; the turns are $2\pi \approx 6.3$ raw
+    units apart. The raw mean $\mu = \big(\mathbb E[\theta\cos\theta],
+    \mathbb E[\theta\sin\theta]\big) = (2, \tfrac{2}{3\pi})$
+    and $\mathbb E\|x - \mu\|^2 = \tfrac{a^2 + ab + b^2}{3} - \|\mu\|^2 + 2\,\mathrm{noise}^2$
+    are exact; the output is centred and scaled so that $\mathbb E\|x\|^2 = 2$. At the
     default ``noise = 0.5`` the per-coordinate standard deviations are about ``(0.98, 1.02)``.
 
     **Arguments:**
@@ -225,11 +225,11 @@ def checkerboard(
 ) -> torch.Tensor:
     r"""Uniform density on the dark cells of a ``size`` x ``size`` checkerboard.
 
-    Raw construction: the board is :math:`[-\mathrm{size}/2, \mathrm{size}/2]^2` cut into unit
-    cells; cell (column :math:`c`, row :math:`r`), counted from the lower-left corner, is
-    occupied when :math:`c + r` is even (half of the cells). Both marginals are uniform on
-    :math:`[-\mathrm{size}/2, \mathrm{size}/2]`, so the scale :math:`\sqrt{12}/\mathrm{size}`
-    maps the board to :math:`[-\sqrt3, \sqrt3]^2`: mean 0 and standard deviation exactly 1 per
+    Raw construction: the board is $[-\mathrm{size}/2, \mathrm{size}/2]^2$ cut into unit
+    cells; cell (column $c$, row $r$), counted from the lower-left corner, is
+    occupied when $c + r$ is even (half of the cells). Both marginals are uniform on
+    $[-\mathrm{size}/2, \mathrm{size}/2]$, so the scale $\sqrt{12}/\mathrm{size}$
+    maps the board to $[-\sqrt3, \sqrt3]^2$: mean 0 and standard deviation exactly 1 per
     coordinate, for every ``size``.
 
     **Arguments:**
@@ -261,13 +261,13 @@ def eight_gaussians_params(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Exact parameters of the :func:`eight_gaussians` mixture.
 
-    Eight equally weighted isotropic Gaussians :math:`\mathcal N(\mu_k, \mathrm{std}^2 I)`
-    with means :math:`\mu_k = \mathrm{radius}\,(\cos\tfrac{2\pi k}{8}, \sin\tfrac{2\pi k}{8})`,
-    :math:`k = 0, \dots, 7`. ``radius`` and ``std`` are in output units (no rescaling). The
-    mixture has mean 0 and covariance :math:`(\mathrm{radius}^2/2 + \mathrm{std}^2)\, I`; the
-    defaults :math:`\mathrm{radius} = 8/\sqrt{33} \approx 1.393`,
-    :math:`\mathrm{std} = 1/\sqrt{33} \approx 0.174` keep FFJORD's ratio radius/std = 8 and
-    give :math:`\mathbb E\|x\|^2 = 2` (standard deviation 1 per coordinate).
+    Eight equally weighted isotropic Gaussians $\mathcal N(\mu_k, \mathrm{std}^2 I)$
+    with means $\mu_k = \mathrm{radius}\,(\cos\tfrac{2\pi k}{8}, \sin\tfrac{2\pi k}{8})$,
+    $k = 0, \dots, 7$. ``radius`` and ``std`` are in output units (no rescaling). The
+    mixture has mean 0 and covariance $(\mathrm{radius}^2/2 + \mathrm{std}^2)\, I$; the
+    defaults $\mathrm{radius} = 8/\sqrt{33} \approx 1.393$,
+    $\mathrm{std} = 1/\sqrt{33} \approx 0.174$ keep FFJORD's ratio radius/std = 8 and
+    give $\mathbb E\|x\|^2 = 2$ (standard deviation 1 per coordinate).
 
     **Arguments:**
 
@@ -297,8 +297,8 @@ def eight_gaussians(
 ) -> torch.Tensor:
     r"""Samples from the eight-Gaussian mixture of :func:`eight_gaussians_params`.
 
-    A component :math:`k` is drawn with the mixture weights and the sample is
-    :math:`\mu_k + L_k z`, :math:`z \sim \mathcal N(0, I)`, :math:`L_k L_k^\top = \Sigma_k`,
+    A component $k$ is drawn with the mixture weights and the sample is
+    $\mu_k + L_k z$, $z \sim \mathcal N(0, I)$, $L_k L_k^\top = \Sigma_k$,
     with exactly the tensors returned by ``eight_gaussians_params(radius, std)`` — so the
     exact oracle ``GaussianMixture(*eight_gaussians_params(radius, std))`` describes these
     samples. Parameters are in output units; the defaults give mean 0 and standard
@@ -336,11 +336,11 @@ def rings(
 ) -> torch.Tensor:
     r"""Concentric noisy circles.
 
-    Raw construction: a ring :math:`k \in \{1, \dots, K\}` (``K = n_rings``) is picked
-    uniformly, :math:`\theta \sim U(0, 2\pi)`, the point is :math:`k(\cos\theta, \sin\theta)`
-    plus :math:`\mathcal N(0, \mathrm{noise}^2 I)`; rings are one raw unit apart. The mean is 0
-    and :math:`\mathbb E\|x\|^2 = \tfrac{(K+1)(2K+1)}{6} + 2\,\mathrm{noise}^2`; the output is
-    scaled so that :math:`\mathbb E\|x\|^2 = 2` (standard deviation 1 per coordinate by
+    Raw construction: a ring $k \in \{1, \dots, K\}$ (``K = n_rings``) is picked
+    uniformly, $\theta \sim U(0, 2\pi)$, the point is $k(\cos\theta, \sin\theta)$
+    plus $\mathcal N(0, \mathrm{noise}^2 I)$; rings are one raw unit apart. The mean is 0
+    and $\mathbb E\|x\|^2 = \tfrac{(K+1)(2K+1)}{6} + 2\,\mathrm{noise}^2$; the output is
+    scaled so that $\mathbb E\|x\|^2 = 2$ (standard deviation 1 per coordinate by
     rotational symmetry; at the defaults the radii are about 0.52, 1.03, 1.55, 2.06).
 
     **Arguments:**
@@ -379,13 +379,13 @@ def pinwheel(
 ) -> torch.Tensor:
     r"""A pinwheel of ``n_arms`` curved arms.
 
-    Raw construction: an arm :math:`k` is picked uniformly; a point
-    :math:`f = (1 + \mathrm{radial\_std}\, z_1, \mathrm{tangential\_std}\, z_2)` with
-    :math:`z \sim \mathcal N(0, I)` is rotated by the angle
-    :math:`2\pi k / K + \mathrm{rate}\, e^{f_1}` (so arms curl outwards). Rotations keep
-    :math:`\|f\|`, so :math:`\mathbb E\|x\|^2 = 1 + \mathrm{radial\_std}^2 +
-    \mathrm{tangential\_std}^2`; the mean is 0 because the arm angles are equally spaced
-    (``n_arms >= 2``). The output is scaled so that :math:`\mathbb E\|x\|^2 = 2`; at the
+    Raw construction: an arm $k$ is picked uniformly; a point
+    $f = (1 + \mathrm{radial\_std}\, z_1, \mathrm{tangential\_std}\, z_2)$ with
+    $z \sim \mathcal N(0, I)$ is rotated by the angle
+    $2\pi k / K + \mathrm{rate}\, e^{f_1}$ (so arms curl outwards). Rotations keep
+    $\|f\|$, so $\mathbb E\|x\|^2 = 1 + \mathrm{radial\_std}^2 +
+    \mathrm{tangential\_std}^2$; the mean is 0 because the arm angles are equally spaced
+    (``n_arms >= 2``). The output is scaled so that $\mathbb E\|x\|^2 = 2$; at the
     defaults both coordinates have standard deviation 1 (the five-fold symmetry makes the
     covariance isotropic).
 

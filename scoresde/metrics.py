@@ -4,7 +4,7 @@ Every function takes two sample sets ``x`` of shape ``(n, D)`` and ``y`` of shap
 ``(m, D)`` (rows are samples) and returns a 0-d tensor with the inputs' (promoted)
 floating dtype on their device; float64 inputs are computed in float64.
 
-- :func:`sliced_wasserstein` — sliced Wasserstein-:math:`p` (Rabin et al. 2011;
+- :func:`sliced_wasserstein` — sliced Wasserstein-$p$ (Rabin et al. 2011;
   Bonneel et al. 2015).
 - :func:`mmd` — squared maximum mean discrepancy with an RBF kernel
   (Gretton et al. 2012).
@@ -15,7 +15,7 @@ floating dtype on their device; float64 inputs are computed in float64.
 
 The pairwise metrics (:func:`mmd`, :func:`energy_distance`) sum over all pairs in
 row blocks of about ``2**22`` pairs, so memory stays bounded (tens of MiB) for
-``n, m`` in the tens of thousands; time is :math:`O((n + m)^2 D)`.
+``n, m`` in the tens of thousands; time is $O((n + m)^2 D)$.
 
 Inputs are validated once: a non-tensor is a ``TypeError``; a tensor that is not 2-D, has
 ``D = 0``, fewer than 2 rows, non-finite entries, or a ``D``/device that differs between
@@ -138,17 +138,16 @@ def sliced_wasserstein(
     p: float = 2,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    r"""Sliced Wasserstein-:math:`p` distance between the empirical measures of ``x`` and ``y``.
+    r"""Sliced Wasserstein-$p$ distance between the empirical measures of ``x`` and ``y``.
 
-    .. math::
-
-        \mathrm{SW}_p(\mu, \nu) = \Big( \mathbb{E}_{\theta \sim \mathcal{U}(S^{D-1})}
-            W_p^p(\theta_\# \mu, \theta_\# \nu) \Big)^{1/p},
-        \qquad
-        W_p^p(\theta_\#\mu, \theta_\#\nu) = \int_0^1 |F_\theta^{-1}(u) - G_\theta^{-1}(u)|^p\,du,
-
-    where :math:`F_\theta^{-1}, G_\theta^{-1}` are the quantile functions of the projections
-    :math:`\theta^\top x_i` and :math:`\theta^\top y_j`. The expectation over directions is
+    $$
+    \mathrm{SW}_p(\mu, \nu) = \Big( \mathbb{E}_{\theta \sim \mathcal{U}(S^{D-1})}
+    W_p^p(\theta_\# \mu, \theta_\# \nu) \Big)^{1/p},
+    \qquad
+    W_p^p(\theta_\#\mu, \theta_\#\nu) = \int_0^1 |F_\theta^{-1}(u) - G_\theta^{-1}(u)|^p\,du,
+    $$
+    where $F_\theta^{-1}, G_\theta^{-1}$ are the quantile functions of the projections
+    $\theta^\top x_i$ and $\theta^\top y_j$. The expectation over directions is
     a Monte Carlo average over ``n_projections`` unit vectors drawn uniformly on the sphere
     (normalised standard Gaussians) with ``generator``; the 1-D distances are exact for the
     empirical measures (Rabin et al. 2011, "Wasserstein barycenter and its application to
@@ -162,9 +161,9 @@ def sliced_wasserstein(
     is an exact weighted sum -- no interpolation error, and the same value as duplicating
     atoms to a common size ``lcm(n, m)``.
 
-    In ``D = 1`` the directions are :math:`\pm 1` and ``SW_p`` equals ``W_p`` exactly.
-    For Gaussians :math:`N(0, I)` vs :math:`N(\mu, I)`, :math:`W_2 = |\theta^\top\mu|`
-    along :math:`\theta`, so :math:`\mathrm{SW}_2^2 = |\mu|^2 / D`.
+    In ``D = 1`` the directions are $\pm 1$ and ``SW_p`` equals ``W_p`` exactly.
+    For Gaussians $N(0, I)$ vs $N(\mu, I)$, $W_2 = |\theta^\top\mu|$
+    along $\theta$, so $\mathrm{SW}_2^2 = |\mu|^2 / D$.
 
     **Arguments:**
 
@@ -175,8 +174,8 @@ def sliced_wasserstein(
     - ``generator``: ``torch.Generator`` for the directions (drawn on its device, then moved
       to the data's device); ``None`` uses the global RNG of the data's device.
 
-    **Returns:** 0-d tensor ``SW_p`` (the :math:`p`-th root of the average of
-    :math:`W_p^p` over directions), dtype and device of the inputs.
+    **Returns:** 0-d tensor ``SW_p`` (the $p$-th root of the average of
+    $W_p^p$ over directions), dtype and device of the inputs.
     """
     x, y = _check_pair(x, y)
     if isinstance(n_projections, bool) or not isinstance(n_projections, int) or n_projections < 1:
@@ -266,16 +265,15 @@ def mmd(
 ) -> Tensor:
     r"""Squared maximum mean discrepancy with the Gaussian (RBF) kernel.
 
-    Kernel :math:`k(a, b) = \exp(-|a - b|^2 / (2 h^2))`. The unbiased U-statistic
+    Kernel $k(a, b) = \exp(-|a - b|^2 / (2 h^2))$. The unbiased U-statistic
     (Gretton et al. 2012, "A kernel two-sample test", JMLR 13, Lemma 6, eq. 3) is
 
-    .. math::
-
-        \mathrm{MMD}_u^2 = \frac{1}{n(n-1)} \sum_{i \ne j} k(x_i, x_j)
-            + \frac{1}{m(m-1)} \sum_{i \ne j} k(y_i, y_j)
-            - \frac{2}{nm} \sum_{i, j} k(x_i, y_j),
-
-    an unbiased estimate of :math:`\mathrm{MMD}^2`; it **can be slightly negative** when
+    $$
+    \mathrm{MMD}_u^2 = \frac{1}{n(n-1)} \sum_{i \ne j} k(x_i, x_j)
+    + \frac{1}{m(m-1)} \sum_{i \ne j} k(y_i, y_j)
+    - \frac{2}{nm} \sum_{i, j} k(x_i, y_j),
+    $$
+    an unbiased estimate of $\mathrm{MMD}^2$; it **can be slightly negative** when
     the two distributions are equal or close (its mean is then 0), so do not take its
     square root blindly. ``unbiased=False`` gives the biased V-statistic (eq. 5): the
     within-sample sums include ``i == j`` and are divided by ``n^2`` and ``m^2``; it is
@@ -340,25 +338,23 @@ def mmd(
 def energy_distance(x: Tensor, y: Tensor, unbiased: bool = True) -> Tensor:
     r"""Energy distance (the E-statistic) between the distributions of ``x`` and ``y``.
 
-    .. math::
-
-        \mathcal{E}(X, Y) = 2\,\mathbb{E}|X - Y| - \mathbb{E}|X - X'| - \mathbb{E}|Y - Y'|,
-
+    $$
+    \mathcal{E}(X, Y) = 2\,\mathbb{E}|X - Y| - \mathbb{E}|X - X'| - \mathbb{E}|Y - Y'|,
+    $$
     with Euclidean norms (Székely & Rizzo 2004, "Testing for equal distributions in high
     dimension"; 2013, "Energy statistics: a class of statistics based on distances").
-    It is :math:`\ge 0` with equality iff the distributions are equal. Estimated by
+    It is $\ge 0$ with equality iff the distributions are equal. Estimated by
 
-    .. math::
-
-        \hat{\mathcal{E}} = \frac{2}{nm}\sum_{i,j}|x_i - y_j|
-            - \frac{1}{n(n-1)}\sum_{i \ne j}|x_i - x_j|
-            - \frac{1}{m(m-1)}\sum_{i \ne j}|y_i - y_j|,
-
+    $$
+    \hat{\mathcal{E}} = \frac{2}{nm}\sum_{i,j}|x_i - y_j|
+    - \frac{1}{n(n-1)}\sum_{i \ne j}|x_i - x_j|
+    - \frac{1}{m(m-1)}\sum_{i \ne j}|y_i - y_j|,
+    $$
     the unbiased U-statistic (can be slightly negative for equal distributions).
     ``unbiased=False`` divides the within-sample sums by ``n^2`` and ``m^2`` instead (the
     V-statistic, i.e. the energy distance between the two empirical measures, always
     ``>= 0``). This is **not** a distance in the metric sense: in 1-D it equals
-    :math:`2\int (F - G)^2`, and ``scipy.stats.energy_distance(u, v)`` returns the square
+    $2\int (F - G)^2$, and ``scipy.stats.energy_distance(u, v)`` returns the square
     root of the V-statistic, ``sqrt(energy_distance(x, y, unbiased=False))``.
 
     **Arguments:**
@@ -389,16 +385,16 @@ def energy_distance(x: Tensor, y: Tensor, unbiased: bool = True) -> Tensor:
 def mean_cov_errors(x: Tensor, mean: Tensor, cov: Tensor) -> dict[str, Tensor]:
     r"""Errors of the sample mean and sample covariance of ``x`` against exact values.
 
-    With :math:`\bar x = \frac1n\sum_i x_i` and the unbiased sample covariance
-    :math:`S = \frac{1}{n-1}\sum_i (x_i - \bar x)(x_i - \bar x)^\top`:
+    With $\bar x = \frac1n\sum_i x_i$ and the unbiased sample covariance
+    $S = \frac{1}{n-1}\sum_i (x_i - \bar x)(x_i - \bar x)^\top$:
 
-    - ``"mean_error"``: :math:`\|\bar x - \mu\|_2` (Euclidean);
-    - ``"cov_error"``: :math:`\|S - \Sigma\|_F` (Frobenius);
-    - ``"cov_rel_error"``: :math:`\|S - \Sigma\|_F / \|\Sigma\|_F` (``inf`` if
-      :math:`\Sigma = 0` and :math:`S \ne 0`).
+    - ``"mean_error"``: $\|\bar x - \mu\|_2$ (Euclidean);
+    - ``"cov_error"``: $\|S - \Sigma\|_F$ (Frobenius);
+    - ``"cov_rel_error"``: $\|S - \Sigma\|_F / \|\Sigma\|_F$ (``inf`` if
+      $\Sigma = 0$ and $S \ne 0$).
 
-    For exact samples these are of order :math:`\sqrt{\mathrm{tr}\,\Sigma / n}` and
-    :math:`\|\Sigma\|_F \sqrt{2/n}` -- compare with :func:`noise_floor`.
+    For exact samples these are of order $\sqrt{\mathrm{tr}\,\Sigma / n}$ and
+    $\|\Sigma\|_F \sqrt{2/n}$ -- compare with :func:`noise_floor`.
 
     **Arguments:**
 

@@ -1,7 +1,7 @@
 r"""Time embeddings and a residual MLP score network for low-dimensional (toy) data.
 
-The network computes :math:`\mathrm{net}(x, t)` with the same shape as ``x``; what the output
-means (noise :math:`\varepsilon`, score, :math:`x_0` or :math:`v`) is decided by the
+The network computes $\mathrm{net}(x, t)$ with the same shape as ``x``; what the output
+means (noise $\varepsilon$, score, $x_0$ or $v$) is decided by the
 ``ScoreModel`` that wraps it, not here.
 """
 
@@ -72,7 +72,7 @@ class GaussianFourierEmbedding(nn.Module):
     r"""Random Fourier features of time (Song et al., 2021, "Score-Based Generative Modeling
     through Stochastic Differential Equations"; Tancik et al., 2020).
 
-    .. math::  \mathrm{emb}(t) = \big[\sin(2\pi t W), \cos(2\pi t W)\big],
+    $$\mathrm{emb}(t) = \big[\sin(2\pi t W), \cos(2\pi t W)\big],$$
                \qquad W \in \mathbb R^{\mathrm{dim}/2},\ W_j \sim \mathcal N(0, \mathrm{scale}^2).
 
     ``W`` is drawn once at construction and kept fixed, as a (persistent) buffer: it is
@@ -111,13 +111,13 @@ class GaussianFourierEmbedding(nn.Module):
 
 
 class SinusoidalEmbedding(nn.Module):
-    r"""Transformer / DDPM positional embedding of :math:`s = t \cdot \mathrm{time\_scale}`
+    r"""Transformer / DDPM positional embedding of $s = t \cdot \mathrm{time\_scale}$
     (Vaswani et al., 2017; Ho et al., 2020).
 
-    .. math::  \mathrm{emb}(t) = \big[\sin(s\,\omega_j), \cos(s\,\omega_j)\big]_{j < d/2},
+    $$\mathrm{emb}(t) = \big[\sin(s\,\omega_j), \cos(s\,\omega_j)\big]_{j < d/2},$$
                \qquad \omega_j = \mathrm{max\_period}^{-j/(d/2)}.
 
-    With the default ``time_scale = 1000`` a continuous time :math:`t \in [0, 1]` is embedded
+    With the default ``time_scale = 1000`` a continuous time $t \in [0, 1]$ is embedded
     like DDPM's integer step index. No parameters or buffers; the output has ``t``'s floating
     dtype (the default dtype for integer ``t``).
 
@@ -172,14 +172,14 @@ class _ResBlock(nn.Module):
 
 
 class MLPScoreNet(nn.Module):
-    r"""Residual MLP :math:`\mathrm{net}(x, t)` for data of shape `(B, dim)`.
+    r"""Residual MLP $\mathrm{net}(x, t)$ for data of shape `(B, dim)`.
 
-    .. math::
-        e = \mathrm{emb}(t), \quad h_0 = W_{\mathrm{in}} x, \quad
-        h_{k+1} = h_k + W_k\, \sigma(h_k + P_k e), \quad
-        \mathrm{net}(x, t) = W_{\mathrm{out}}\, \sigma(h_{\mathrm{depth}})
-
-    (all :math:`W, P` affine, :math:`\sigma` the activation): the time embedding is projected
+    $$
+    e = \mathrm{emb}(t), \quad h_0 = W_{\mathrm{in}} x, \quad
+    h_{k+1} = h_k + W_k\, \sigma(h_k + P_k e), \quad
+    \mathrm{net}(x, t) = W_{\mathrm{out}}\, \sigma(h_{\mathrm{depth}})
+    $$
+    (all $W, P$ affine, $\sigma$ the activation): the time embedding is projected
     and added in every block. At the defaults (2-D data) it has 75,138 parameters.
 
     **Arguments:**
