@@ -198,6 +198,11 @@ def cmd_likelihood(a: argparse.Namespace) -> int:
 
 
 # ----- demo ------------------------------------------------------------------------------
+def _winners(comp: Any) -> str:
+    return "Lowest SW2 at each budget: " + ", ".join(
+        f"NFE {b}: {s}" for b, s in comp.winners("sw2").items())
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from .compare import builtin_target, checkpoint_target, compare
     from .data import sample_toy
@@ -230,16 +235,19 @@ def cmd_demo(a: argparse.Namespace) -> int:
         "## Samplers at equal NFE on the exact 8-Gaussians score",
         "Sliced W2 to held-out target samples divided by its noise floor (1.0 = as close as two "
         "exact sample sets; lower is better; — = budget the solver cannot meet exactly).", "",
-        exact.headline("sw2"), "", "Details and plots: [exact/report.md](exact/report.md)", "",
+        exact.headline("sw2"), "", _winners(exact), "",
+        "Details and plots: [exact/report.md](exact/report.md)", "",
         "## The same comparison on the trained MLP", "", trained.headline("sw2"), "",
+        _winners(trained), "",
         "Details and plots: [trained/report.md](trained/report.md); training curve and learned vs "
         "exact score: [train/loss.png](train/loss.png), "
         "[train/score_field.png](train/score_field.png)", "",
         "## Likelihood of held-out data through the PF-ODE", "", lik, "",
     ]
     (out / "report.md").write_text("\n".join(report) + "\n")
-    print("\n" + "\n".join(report[5:9]))
-    print("\nTrained model:\n" + trained.headline("sw2"))
+    print("\nExact 8-Gaussians score (" + report[6] + "):\n")
+    print(exact.headline("sw2") + "\n" + _winners(exact))
+    print("\nTrained model:\n\n" + trained.headline("sw2") + "\n" + _winners(trained))
     print("\n" + lik)
     print(f"\nreport: {out / 'report.md'}  ({wall:.0f} s)")
     return 0
