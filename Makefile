@@ -25,7 +25,7 @@ demo: $(STAMP)
 # run covers the tests and the notebooks in docs/notebooks (executed top to bottom by nbmake,
 # outputs not written back).
 test: $(STAMP)
-	$(PY) -m ruff check scoresde tests experiments
+	$(PY) -m ruff check scoresde tests experiments benchmarks
 	$(MKDOCS) --quiet
 	$(PY) -m pytest -q tests docs/notebooks --nbmake
 
@@ -34,7 +34,7 @@ docs: $(STAMP)
 	$(MKDOCS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check scoresde tests experiments
+	$(PY) -m ruff check scoresde tests experiments benchmarks
 
 clean:
 	rm -rf $(VENV) build site *.egg-info
