@@ -7,6 +7,8 @@ synchronisation, so there it is done with `torch._assert_async` instead.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 Tensor = torch.Tensor
@@ -69,6 +71,22 @@ def check_batch(x: Tensor, name: str = "x") -> None:
         raise ValueError(f"{name} must have shape (B, *event_shape), got a 0-d tensor")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+
+
+def check_choice(name: str, value: object, allowed: Sequence[str]) -> str:
+    """`value` if it is one of `allowed`, else `ValueError` naming both."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+    return value
+
+
+def check_int(name: str, value: object, minimum: int) -> int:
+    """`value` if it is an integer >= `minimum` (bools refused), else `TypeError`/`ValueError`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return value
 
 
 def check_finite(x: Tensor, what: str) -> None:

@@ -66,7 +66,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ._checks import check_finite
+from ._checks import check_choice, check_finite, check_int
 from ._ode import ADAPTIVE_METHODS, check_tolerances, odeint_range
 from .losses import sample_time
 from .models import ScoreModel
@@ -200,20 +200,6 @@ def _check_data(x: object, name: str) -> Tensor:
     return x.detach()
 
 
-def _check_choice(name: str, value: object, allowed: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
-    return value
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
-    return value
-
-
 def _check_t_eps(t_eps: object, T: float) -> float:
     if isinstance(t_eps, bool) or not isinstance(t_eps, (int, float)):
         raise TypeError(f"t_eps must be a number in [0, T) = [0, {T}), got {type(t_eps).__name__}")
@@ -235,7 +221,7 @@ def _check_generator(generator: object) -> None:
 
 
 def _batches(n: int, batch_size: int | None, progress: bool, desc: str) -> Any:
-    bs = n if batch_size is None else _check_int("batch_size", batch_size, 1)
+    bs = n if batch_size is None else check_int("batch_size", batch_size, 1)
     starts = range(0, n, bs)
     return tqdm([(s, min(s + bs, n)) for s in starts], desc=desc, disable=not progress,
                 leave=False)
@@ -448,14 +434,14 @@ def log_likelihood(model: ScoreModel, x: Tensor, *, divergence: str = "exact", n
     """
     model = _check_model(model)
     x = _check_data(x, "x")
-    _check_choice("divergence", divergence, DIVERGENCES)
-    _check_choice("probe", probe, PROBES)
-    n_probes = _check_int("n_probes", n_probes, 1)
+    check_choice("divergence", divergence, DIVERGENCES)
+    check_choice("probe", probe, PROBES)
+    n_probes = check_int("n_probes", n_probes, 1)
     _check_solver(method, rtol, atol)
     t_eps = _check_t_eps(t_eps, model.sde.T)
     _check_generator(generator)
     if max_num_steps is not None:
-        _check_int("max_num_steps", max_num_steps, 1)
+        check_int("max_num_steps", max_num_steps, 1)
 
     n0 = model.n_evals
     zs, ls, n_vjp = [], [], 0
@@ -618,7 +604,7 @@ def variational_bound(model: ScoreModel, x: Tensor, *, n_samples: int = 64,
     """
     model = _check_model(model)
     x = _check_data(x, "x")
-    n_samples = _check_int("n_samples", n_samples, 1)
+    n_samples = check_int("n_samples", n_samples, 1)
     t_eps = _check_t_eps(t_eps, model.sde.T)
     _check_generator(generator)
     sde = model.sde
@@ -721,8 +707,8 @@ def bits_per_dim(logp: Tensor, x_shape: Sequence[int] | torch.Size, *, scaling: 
     if shape[0] != logp.shape[0]:
         raise ValueError(f"x_shape[0] = {shape[0]} must equal the number of log-densities "
                          f"{logp.shape[0]} (x_shape is the full shape (B, *event_shape))")
-    _check_choice("scaling", scaling, SCALINGS)
-    n_bits = _check_int("n_bits", n_bits, 1)
+    check_choice("scaling", scaling, SCALINGS)
+    n_bits = check_int("n_bits", n_bits, 1)
     d = math.prod(shape[1:])
     _, _, offset = _scale_offset(scaling, n_bits)
     return -logp / (d * math.log(2.0)) + offset
@@ -744,7 +730,7 @@ def uniform_dequantize(k: Tensor, *, scaling: str = "[0,1]", n_bits: int = 8,
         raise TypeError(f"k must be a torch.Tensor of integers, got {type(k).__name__}")
     if scaling not in ("[0,1]", "[-1,1]"):
         raise ValueError(f"scaling must be one of ('[0,1]', '[-1,1]'), got {scaling!r}")
-    n_bits = _check_int("n_bits", n_bits, 1)
+    n_bits = check_int("n_bits", n_bits, 1)
     _check_generator(generator)
     top = 2 ** n_bits - 1
     if k.is_complex() or k.dtype == torch.bool:
@@ -781,7 +767,7 @@ def dequantized_bits_per_dim(model: ScoreModel, k: Tensor, *, n_draws: int = 1,
     if not isinstance(k, Tensor) or k.dim() < 2 or k.shape[0] == 0:
         raise ValueError(f"k must be a tensor of shape (B, *event_shape), got "
                          f"{tuple(k.shape) if isinstance(k, Tensor) else type(k).__name__}")
-    n_draws = _check_int("n_draws", n_draws, 1)
+    n_draws = check_int("n_draws", n_draws, 1)
     b = k.shape[0]
     reps = k.unsqueeze(0).expand((n_draws,) + tuple(k.shape)).reshape((n_draws * b,) + tuple(k.shape[1:]))
     y = uniform_dequantize(reps, scaling=scaling, n_bits=n_bits, generator=generator, dtype=dtype)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import as_time, bcast, check_batch
+from ._checks import as_time, bcast, check_batch, check_choice
 from .models import ScoreModel
 from .schedules import DiscreteSchedule
 
@@ -39,11 +39,6 @@ __all__ = ["dsm_loss", "ddpm_loss", "WEIGHTINGS", "sample_time"]
 
 WEIGHTINGS = ("sigma2", "likelihood", "none")
 _REDUCTIONS = ("mean", "none")
-
-
-def _check_reduction(reduction: str) -> None:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
 def _noise_like(x0: Tensor, noise: Tensor | None, generator: torch.Generator | None) -> Tensor:
@@ -107,9 +102,8 @@ def dsm_loss(model: ScoreModel, x0: Tensor, weighting: str = "sigma2",
 
     **Returns:** the loss, mean over data dimensions and batch (no ½ factor).
     """
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    _check_reduction(reduction)
+    check_choice("weighting", weighting, WEIGHTINGS)
+    check_choice("reduction", reduction, _REDUCTIONS)
     check_batch(x0, "x0")
     if importance_sampling and weighting != "likelihood":
         raise ValueError("importance_sampling=True needs weighting='likelihood' "
@@ -153,7 +147,7 @@ def ddpm_loss(model: ScoreModel, x0: Tensor, schedule: DiscreteSchedule,
     if model.prediction != "eps":
         raise ValueError("ddpm_loss is Ho et al.'s L_simple for an eps-prediction network; "
                          f"got prediction={model.prediction!r} (use dsm_loss instead)")
-    _check_reduction(reduction)
+    check_choice("reduction", reduction, _REDUCTIONS)
     check_batch(x0, "x0")
     b = x0.shape[0]
     if indices is None:

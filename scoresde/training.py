@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from . import __version__
+from ._checks import check_choice, check_int
 from .checkpoint import load_checkpoint, save_checkpoint
 from .losses import WEIGHTINGS, dsm_loss
 from .models import ScoreModel
@@ -68,11 +69,9 @@ class Trainer:
             raise ValueError(f"lr must be a positive number, got {lr!r}")
         if optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {optimizer!r}")
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-        for name, v, lo in (("batch_size", batch_size, 1), ("warmup_steps", warmup_steps, 0)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        check_choice("weighting", weighting, WEIGHTINGS)
+        check_int("batch_size", batch_size, 1)
+        check_int("warmup_steps", warmup_steps, 0)
         if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f"grad_clip must be positive or None, got {grad_clip!r}")
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:

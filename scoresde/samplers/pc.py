@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .._checks import check_int
 from .base import FixedGridSolver, StepContext
 from .registry import make_solver, register_solver
 
@@ -34,9 +35,7 @@ class PredictorCorrector(FixedGridSolver):
                  ) -> None:
         if not snr > 0:
             raise ValueError(f"snr must be positive, got {snr!r}")
-        if isinstance(n_corrector_steps, bool) or not isinstance(n_corrector_steps, int) \
-                or n_corrector_steps < 0:
-            raise ValueError(f"n_corrector_steps must be an integer >= 0, got {n_corrector_steps!r}")
+        check_int("n_corrector_steps", n_corrector_steps, 0)
         pred = make_solver(predictor, **(predictor_options or {}))
         if not isinstance(pred, FixedGridSolver) or isinstance(pred, PredictorCorrector):
             raise ValueError(f"predictor must be a fixed-grid solver other than 'pc', got "
