@@ -51,6 +51,12 @@ class SamplingError(RuntimeError):
     """NaN or Inf appeared while sampling; the message names the solver, step and time."""
 
 
+def nan_at_step(label: str, k: int, n: int, t_from: float, t_to: float) -> SamplingError:
+    """The one wording of a NaN/Inf error on a time grid, naming the step and its times."""
+    return SamplingError(f"solver {label} produced NaN/Inf at step {k} of {n} "
+                         f"(t = {t_from:.6g} -> {t_to:.6g})")
+
+
 class BudgetError(ValueError):
     """An NFE budget a solver cannot meet exactly; the message lists the budgets it can meet."""
 
@@ -208,9 +214,7 @@ class FixedGridSolver(Solver):
         ok = torch.stack(finite)
         if not bool(ok.all()):
             k = int((~ok).nonzero()[0, 0])
-            raise SamplingError(
-                f"solver {self.name!r} produced NaN/Inf at step {k} of {n} "
-                f"(t = {float(grid[k]):.6g} -> {float(grid[k + 1]):.6g})")
+            raise nan_at_step(repr(self.name), k, n, float(grid[k]), float(grid[k + 1]))
         return x, (torch.stack(path) if path is not None else None)
 
 

@@ -16,7 +16,7 @@ import torch
 
 from .._ode import ADAPTIVE_METHODS, FIXED_METHOD_COST, check_tolerances, odeint_range
 from ..models import ScoreModel
-from .base import AdaptiveSolver, NonFiniteWatch, SamplingError
+from .base import AdaptiveSolver, NonFiniteWatch, SamplingError, nan_at_step
 from .registry import register_solver
 
 Tensor = torch.Tensor
@@ -76,9 +76,8 @@ class ProbabilityFlowODE(AdaptiveSolver):
         bad = ~torch.isfinite(path.reshape(path.shape[0], -1)).all(dim=1)
         if bool(bad.any()):
             k = int(bad.nonzero()[0, 0]) - 1
-            raise SamplingError(f"solver 'pf_ode' ({method}) produced NaN/Inf at step {k} of "
-                                f"{grid.shape[0] - 1} (t = {float(grid[k]):.6g} -> "
-                                f"{float(grid[k + 1]):.6g})")
+            raise nan_at_step(f"'pf_ode' ({method})", k, grid.shape[0] - 1, float(grid[k]),
+                              float(grid[k + 1]))
         return path[-1], (path if trajectory else None)
 
     def solve_adaptive(self, model: ScoreModel, x: Tensor, t_end: float,

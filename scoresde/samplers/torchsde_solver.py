@@ -24,7 +24,7 @@ import torchsde
 
 from .._ode import check_tolerances
 from ..models import ScoreModel
-from .base import AdaptiveSolver, NonFiniteWatch, SamplingError
+from .base import AdaptiveSolver, NonFiniteWatch, SamplingError, nan_at_step
 from .registry import register_solver
 
 Tensor = torch.Tensor
@@ -139,7 +139,7 @@ class TorchSDE(AdaptiveSolver):
         n = max(1, round((T - t_end) / dt))
         h = (T - t_end) / n
         k = min(max(0, watch.index - self.extra_evals) // self.cost_per_step, n - 1)
-        return f"{msg} at step {k} of {n} (t = {T - k * h:.6g} -> {T - (k + 1) * h:.6g})"
+        return str(nan_at_step(f"'torchsde' ({self.method})", k, n, T - k * h, T - (k + 1) * h))
 
     def solve(self, model: ScoreModel, x: Tensor, grid: Tensor,
               generator: torch.Generator | None = None, *, trajectory: bool = False,
