@@ -370,9 +370,8 @@ class _LikelihoodRHS:
                     self.n_vjp += v.shape[0]
                 quad = quads[0] if len(quads) == 1 else torch.cat(quads)      # (P, B)
         s = s.detach()
+        drift = self.sde._reverse_drift(x, t, s, probability_flow=True)
         f, g2 = self.sde._f(t), self.sde._g2(t)
-        # the probability-flow drift h = f(t) x - g^2/2 s (SDE.reverse_drift, without re-checking t)
-        drift = f * x - (0.5 * g2) * s
         # v^T (dh/dx) v = f(t) |v|^2 - g^2/2 v^T (ds/dx) v, summed over the cotangents
         dl = f * self.sqnorm - (0.5 * g2) * quad
         return drift, dl

@@ -187,6 +187,11 @@ class SDE(ABC):
         t = self._t(t, x)
         if score.shape != x.shape:
             raise ValueError(f"score shape {tuple(score.shape)} != x shape {tuple(x.shape)}")
+        return self._reverse_drift(x, t, score, probability_flow)
+
+    def _reverse_drift(self, x: Tensor, t: Tensor, score: Tensor, probability_flow: bool
+                       ) -> Tensor:
+        """`reverse_drift` without the input checks, for hot loops that checked once."""
         c = 0.5 if probability_flow else 1.0
         return bcast(self._f(t), x) * x - bcast(c * self._g2(t), x) * score
 
