@@ -70,7 +70,7 @@ def reference_log_likelihood(model: sd.ScoreModel, x: torch.Tensor, probe: torch
     shape, b, device, dtype = x.shape, x.shape[0], x.device, x.dtype
 
     def drift_fn(xx: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return sde.reverse_drift(xx, t, model.score(xx, t), probability_flow=True)
+        return sd.dynamics.reverse_drift(sde, xx, t, model.score(xx, t), probability_flow=True)
 
     def div_fn(xx: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():

@@ -19,10 +19,9 @@ import torch
 from _results import FIGURES, provenance, write_section  # noqa: I001
 
 import scoresde as sd
-from scoresde.compare import DEFAULT_BUDGETS, builtin_target, compare
+from scoresde.evaluation.compare import DEFAULT_BUDGETS, builtin_target, compare
 
 TARGETS = [("eight_gaussians", "vp"), ("mixture2d", "vp"), ("eight_gaussians", "ve")]
-SDES = {"vp": sd.VPSDE, "ve": sd.VESDE, "subvp": sd.SubVPSDE}
 
 
 def main() -> None:
@@ -42,7 +41,7 @@ def main() -> None:
     for target, sde_name in TARGETS:
         out = FIGURES / f"compare_{target}_{sde_name}"
         budgets = sorted(set(DEFAULT_BUDGETS) | {21, 101, 1001})
-        comp = compare(builtin_target(target, SDES[sde_name]()), None, budgets, n=a.n, seed=a.seed,
+        comp = compare(builtin_target(target, sd.get_sde(sde_name)), None, budgets, n=a.n, seed=a.seed,
                        out_dir=out, progress=True,
                        command=f"python experiments/compare_targets.py --n {a.n}")
         rel = out.relative_to(FIGURES.parent)

@@ -15,7 +15,7 @@ import torch
 from _results import FIGURES, provenance, write_section  # noqa: I001
 
 import scoresde as sd
-from scoresde.plots import plot_error_vs_nfe
+from scoresde.evaluation.plots import plot_error_vs_nfe
 
 CASES = [  # (label, solver, options, grid, budgets)
     ("ddim (eta=0)", "ddim", {}, "uniform", [10, 20, 40, 80, 160]),

@@ -1,13 +1,13 @@
 """scoresde: a continuous-time score-SDE toolkit in PyTorch.
 
-One flat public namespace (``import scoresde as sd``); see DESIGN.md and docs/.
+One flat public namespace (``import scoresde as sd``); see docs/ for the notation and the
+API. Importing the package loads the core only: matplotlib (plots and reports), torchsde and
+torchdiffeq are imported on first use.
 """
 
-__version__ = "0.1.0"
-
-from . import analytic, compare, data, metrics, nets, samplers  # noqa: E402
-from .checkpoint import load_checkpoint, load_model, save_checkpoint  # noqa: E402
-from .likelihood import (  # noqa: E402
+from . import analytic, data, dynamics, evaluation, likelihood, nets, samplers, validation
+from .evaluation import compare, metrics
+from .likelihood import (
     BoundResult,
     BPDResult,
     FlowResult,
@@ -20,9 +20,10 @@ from .likelihood import (  # noqa: E402
     uniform_dequantize,
     variational_bound,
 )
-from .losses import ddpm_loss, dsm_loss  # noqa: E402
-from .models import ScoreModel  # noqa: E402
-from .samplers import (  # noqa: E402
+from .losses import ddpm_loss, dsm_loss
+from .models import ScoreModel
+from .nets import NETS, register_net
+from .samplers import (
     GRIDS,
     SOLVERS,
     BudgetError,
@@ -31,15 +32,30 @@ from .samplers import (  # noqa: E402
     register_solver,
     sample,
 )
-from .schedules import DiscreteSchedule  # noqa: E402
-from .sdes import SDE, VESDE, VPSDE, CosineVPSDE, ScheduleVPSDE, SubVPSDE, sde_from_config  # noqa: E402
-from .training import Trainer  # noqa: E402
+from .schedules import DiscreteSchedule
+from .sdes import (
+    SDE,
+    SDES,
+    VESDE,
+    VPSDE,
+    Coefficients,
+    CosineVPSDE,
+    ScheduleVPSDE,
+    SubVPSDE,
+    get_sde,
+    register_sde,
+    sde_from_config,
+)
+from .training import Trainer, load_checkpoint, load_model, save_checkpoint
+from .version import __version__
 
 __all__ = [
-    "__version__", "analytic", "data", "nets",
-    "SDE", "VPSDE", "CosineVPSDE", "ScheduleVPSDE", "SubVPSDE", "VESDE", "sde_from_config",
+    "__version__", "analytic", "data", "dynamics", "evaluation", "likelihood", "nets",
+    "validation",
+    "SDE", "VPSDE", "CosineVPSDE", "ScheduleVPSDE", "SubVPSDE", "VESDE", "Coefficients",
+    "SDES", "register_sde", "get_sde", "sde_from_config",
     "DiscreteSchedule", "ScoreModel", "dsm_loss", "ddpm_loss", "Trainer",
-    "save_checkpoint", "load_checkpoint", "load_model",
+    "NETS", "register_net", "save_checkpoint", "load_checkpoint", "load_model",
     "metrics", "samplers", "sample", "SampleResult", "SOLVERS", "GRIDS", "register_solver",
     "BudgetError", "SamplingError", "compare",
     "log_likelihood", "LikelihoodResult", "pf_ode_encode", "pf_ode_decode", "FlowResult",

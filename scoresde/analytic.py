@@ -21,9 +21,9 @@ import math
 
 import torch
 
-from ._checks import as_time, check_batch
 from .models import ScoreModel
 from .sdes import SDE
+from .validation import as_time, check_batch, check_int
 
 Tensor = torch.Tensor
 
@@ -147,8 +147,7 @@ class GaussianMixture:
                dtype: torch.dtype | None = None, device: torch.device | str | None = None
                ) -> Tensor:
         """Draw `n` exact samples, shape `(n, *event_shape)`."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        check_int("n", n, 1)
         dtype = dtype or torch.get_default_dtype()
         if device is None and generator is not None:
             device = generator.device
@@ -211,7 +210,8 @@ class GaussianMixture:
 
     def _coefs(self, x: Tensor, t: float | Tensor, sde: SDE) -> tuple[Tensor, Tensor]:
         t = as_time(t, x.shape[0], x, T=sde.T)
-        return torch.exp(sde._log_alpha(t)), sde._sigma(t) ** 2
+        c = sde.coefficients(t)
+        return c.alpha, c.sigma ** 2
 
     def marginal_log_prob(self, x: Tensor, t: float | Tensor, sde: SDE) -> Tensor:
         r"""Exact $\log p_t(x)$ under `sde`, per sample: shape `(B,)`, nats."""

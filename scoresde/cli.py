@@ -2,11 +2,18 @@
 
 Errors a user can cause (a missing checkpoint, an unknown solver, an impossible budget list,
 an output path that is a file) print one line and exit with status 2, without a traceback.
+
+``--import MODULE`` (repeatable; before or after the subcommand) imports a user's module, or a
+``.py`` file, before the command runs, so that the solvers, networks, SDEs, metrics, targets
+and data sets it registers are known to every command (a checkpoint of a user's network
+loads, ``--sde``/``--solvers`` accept the new names).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import math
 import os
@@ -19,7 +26,7 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from .version import __version__
 
 EXIT_USAGE = 2
 
@@ -41,17 +48,38 @@ def _command() -> str:
 
 
 def _sde(name: str):
-    from . import VESDE, VPSDE, SubVPSDE
+    from .sdes import SDES, get_sde
 
-    table = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "vp_cosine": VPSDE.cosine}
-    if name not in table:
-        raise UsageError(f"unknown SDE {name!r}; choose from {sorted(table)}")
-    return table[name]()
+    if name not in SDES:
+        raise UsageError(f"unknown SDE {name!r}; registered: {sorted(SDES)}")
+    return get_sde(name)
+
+
+def import_user_modules(names: Sequence[str]) -> None:
+    """Import each module name (or ``.py`` file) so that its registrations take effect."""
+    for name in names:
+        try:
+            if name.endswith(".py") or os.sep in name:
+                path = Path(name)
+                if not path.is_file():
+                    raise UsageError(f"--import {name!r}: no such file")
+                spec = importlib.util.spec_from_file_location(path.stem, path)
+                if spec is None or spec.loader is None:
+                    raise UsageError(f"--import {name!r}: not a Python file")
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[path.stem] = module
+                spec.loader.exec_module(module)
+            else:
+                importlib.import_module(name)
+        except UsageError:
+            raise
+        except Exception as e:  # the user's module failed: say which, in one line
+            raise UsageError(f"--import {name!r} failed: {type(e).__name__}: {e}") from None
 
 
 # ----- compare ---------------------------------------------------------------------------
 def cmd_compare(a: argparse.Namespace) -> int:
-    from .compare import DEFAULT_BUDGETS, builtin_target, checkpoint_target, compare
+    from .evaluation.compare import DEFAULT_BUDGETS, builtin_target, checkpoint_target, compare
 
     if a.checkpoint:
         target = checkpoint_target(a.checkpoint, a.data)
@@ -76,12 +104,12 @@ def train_model(data: str, out: Path, *, steps: int, sde_name: str = "vp", batch
     ``score_field.png`` to ``out``. Returns (trainer, seconds)."""
     from . import ScoreModel, Trainer
     from .analytic import GaussianMixture
-    from .data import TOY_DATASETS, sample_toy
+    from .data import DATASETS, sample_toy
+    from .evaluation.plots import plot_losses, plot_score_fields
     from .nets import MLPScoreNet
-    from .plots import plot_losses, plot_score_fields
 
-    if data not in TOY_DATASETS:
-        raise UsageError(f"unknown data set {data!r}; choose from {list(TOY_DATASETS)}")
+    if data not in DATASETS:
+        raise UsageError(f"unknown data set {data!r}; choose from {list(DATASETS)}")
     sde = _sde(sde_name)
     x = sample_toy(data, n_data, generator=torch.Generator().manual_seed(seed))
     net = MLPScoreNet(dim=2, hidden=hidden, depth=depth,
@@ -126,15 +154,17 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_sample(a: argparse.Namespace) -> int:
     import numpy as np
 
-    from . import load_model, sample
-    from .compare import SolverSpec
-    from .plots import plot_samples
+    from . import load_checkpoint, load_model, sample
+    from .evaluation.plots import plot_samples
+    from .evaluation.specs import SolverSpec
 
     model = load_model(a.checkpoint)
+    meta = load_checkpoint(a.checkpoint).get("meta", {})
+    event_shape = meta.get("event_shape") or [(meta.get("net") or {}).get("dim", 2)]
     spec = SolverSpec.parse(a.solver)
     out = _out_dir(a.out)
     g = torch.Generator().manual_seed(a.seed)
-    res = sample(model, (a.n, 2), solver=spec.make(), nfe=None if spec.adaptive else a.nfe,
+    res = sample(model, (a.n, *event_shape), solver=spec.make(), nfe=None if spec.adaptive else a.nfe,
                  generator=g, grid=spec.grid, progress=not a.no_progress)
     x = res.x.cpu()
     np.savez(out / "samples.npz", x=x.numpy(), nfe=res.nfe, solver=spec.label, seed=a.seed,
@@ -177,13 +207,13 @@ def likelihood_table(model: Any, x: torch.Tensor, exact: Any = None, *, progress
 def cmd_likelihood(a: argparse.Namespace) -> int:
     from . import load_checkpoint, load_model
     from .analytic import GaussianMixture
-    from .data import TOY_DATASETS, sample_toy
+    from .data import DATASETS, sample_toy
 
     model = load_model(a.checkpoint)
     data = a.data or load_checkpoint(a.checkpoint).get("meta", {}).get("data")
-    if data not in TOY_DATASETS:
+    if data not in DATASETS:
         raise UsageError(f"no known toy data set for {a.checkpoint!r} (got {data!r}); pass --data "
-                         f"with one of {list(TOY_DATASETS)}")
+                         f"with one of {list(DATASETS)}")
     x = sample_toy(data, a.n, generator=torch.Generator().manual_seed(a.seed + 10_000))
     exact = GaussianMixture.eight_gaussians() if data == "eight_gaussians" else None
     table, vals = likelihood_table(model, x, exact, progress=not a.no_progress,
@@ -204,8 +234,8 @@ def _winners(comp: Any) -> str:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from .compare import builtin_target, checkpoint_target, compare
     from .data import sample_toy
+    from .evaluation.compare import builtin_target, checkpoint_target, compare
 
     out = _out_dir(a.out)
     t_start = time.perf_counter()
@@ -258,17 +288,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scoresde", description="Score-SDE toolkit: compare "
                                 "samplers at equal NFE, train toy models, likelihoods.")
     p.add_argument("--version", action="version", version=f"scoresde {__version__}")
+    p.add_argument("--import", dest="imports_top", action="append", default=[],
+                   metavar="MODULE", help=_IMPORT_HELP)
     sub = p.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--import", dest="imports", action="append", default=[],
+                        metavar="MODULE", help=_IMPORT_HELP)
 
-    c = sub.add_parser("compare", help="compare samplers at equal NFE budgets")
+    c = sub.add_parser("compare", parents=[common], help="compare samplers at equal NFE budgets")
     c.add_argument("--target", default="eight_gaussians",
-                   help="built-in exact target: eight_gaussians, mixture2d, mixture5d")
+                   help="registered exact target (built in: eight_gaussians, mixture2d, mixture5d)")
     c.add_argument("--checkpoint", help="compare a trained model instead of a built-in target")
     c.add_argument("--data", help="toy data set of the checkpoint (default: the one it records)")
-    c.add_argument("--sde", default="vp", help="SDE for built-in targets: vp, subvp, ve, vp_cosine")
+    c.add_argument("--sde", default="vp", help="registered SDE for built-in targets (built in: "
+                   "vp, subvp, ve, vp_cosine)")
     c.add_argument("--solvers", nargs="+", help='solver specs, e.g. ddim "ddim:eta=1.0" '
-                   '"pf_ode:method=rk4" "pf_ode:adaptive=1" (default: all fixed-grid + adaptive '
-                   "pf_ode)")
+                   '"pf_ode:method=rk4" "pf_ode:adaptive=1" (default: each registered solver\'s '
+                   "comparison line-up)")
     c.add_argument("--nfe", nargs="+", type=int, help="NFE budgets (default 10 20 50 100 250 1000)")
     c.add_argument("--n", type=int, default=4000, help="samples per run")
     c.add_argument("--seed", type=int, default=0)
@@ -278,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(func=cmd_compare)
 
-    t = sub.add_parser("train", help="train an MLP score model on a 2-D toy set")
+    t = sub.add_parser("train", parents=[common], help="train an MLP score model on a 2-D toy set")
     t.add_argument("--data", default="eight_gaussians")
     t.add_argument("--steps", type=int, default=5000)
     t.add_argument("--sde", default="vp")
@@ -293,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("sample", help="sample a trained checkpoint (PNG + NPZ)")
+    s = sub.add_parser("sample", parents=[common], help="sample a trained checkpoint (PNG + NPZ)")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--solver", default="euler_maruyama")
     s.add_argument("--nfe", type=int, default=100)
@@ -303,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_sample)
 
-    lk = sub.add_parser("likelihood", help="NLL / bits per dim of held-out data (PF-ODE)")
+    lk = sub.add_parser("likelihood", parents=[common], help="NLL / bits per dim of held-out data (PF-ODE)")
     lk.add_argument("--checkpoint", required=True)
     lk.add_argument("--data")
     lk.add_argument("--n", type=int, default=1000)
@@ -315,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--no-progress", action="store_true")
     lk.set_defaults(func=cmd_likelihood)
 
-    d = sub.add_parser("demo", help="the README's demo: compare, train, compare, likelihood")
+    d = sub.add_parser("demo", parents=[common],
+                       help="the README's demo: compare, train, compare, likelihood")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--steps", type=int, default=8000, help="training steps")
     d.add_argument("--n", type=int, default=2000, help="samples per comparison run")
@@ -326,10 +363,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_IMPORT_HELP = ("import a module (or a .py file) first, so that what it registers (solvers, "
+                "networks, SDEs, metrics, targets, data sets) is known; repeatable")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        import_user_modules([*args.imports_top, *args.imports])
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("\nscoresde: interrupted; rows finished so far are on disk", file=sys.stderr)

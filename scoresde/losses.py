@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import as_time, bcast, check_batch, check_choice
 from .models import ScoreModel
 from .schedules import DiscreteSchedule
+from .validation import as_time, bcast, check_batch, check_choice
 
 Tensor = torch.Tensor
 
@@ -124,9 +124,13 @@ def dsm_loss(model: ScoreModel, x0: Tensor, weighting: str = "sigma2",
     x_t = sde.perturb(x0, t, noise)
     per = _per_sample_mse(model.eps(x_t, t), noise)
     if weighting == "likelihood":
-        per = per * (iw if importance_sampling else sde._g2(t) / sde._sigma(t) ** 2)
+        if importance_sampling:
+            per = per * iw
+        else:
+            c = sde.coefficients(t)
+            per = per * (c.g2 / c.sigma ** 2)
     elif weighting == "none":
-        per = per / sde._sigma(t) ** 2
+        per = per / sde.coefficients(t).sigma ** 2
     return per.mean() if reduction == "mean" else per
 
 

@@ -21,12 +21,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ._checks import as_time, bcast, check_batch
 from .sdes import SDE
+from .validation import as_time, bcast, check_batch, check_choice
 
 Tensor = torch.Tensor
 
-__all__ = ["ScoreModel", "PREDICTIONS"]
+__all__ = ["ScoreModel", "PREDICTIONS", "check_model"]
 
 PREDICTIONS = ("eps", "score", "x0", "v")
 
@@ -38,30 +38,37 @@ class _FunctionNet(nn.Module):
         super().__init__()
         self.fn = fn
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.fn(x, t)
+    def forward(self, x: Tensor, t: Tensor, **cond: Tensor) -> Tensor:
+        return self.fn(x, t, **cond)
 
 
 class ScoreModel(nn.Module):
-    r"""A network `net(x, t)` and the SDE it was trained for.
+    r"""A network `net(x, t, **cond)` and the SDE it was trained for.
 
     **Arguments:**
 
     - `net`: a module or callable mapping `x` of shape `(B, *event_shape)` and `t`
-      of shape `(B,)` to a tensor of the shape of `x`.
+      of shape `(B,)` (and optional keyword conditioning tensors with batch dimension `B`)
+      to a tensor of the shape of `x`.
     - `sde`: the forward [`SDE`][scoresde.sdes.SDE].
     - `prediction`: what `net` predicts, one of `"eps" | "score" | "x0" | "v"`.
 
     `n_evals` counts network forward passes (a host-side integer; samplers and the
     likelihood read it to report honest NFE). It is a module, so `.to()`,
     `.parameters()` and `state_dict()` reach the network.
+
+    **Paths.** The checked methods `eps`, `score`, `x0`, `v` validate `x` and `t`, compute
+    the coefficients and call [`evaluate`][scoresde.models.ScoreModel.evaluate], the
+    unchecked fast path that solvers and the likelihood call with coefficients computed once
+    per solve; `evaluate` calls `forward`, the one network call. Override `forward` (what
+    the network returns) or `evaluate` (what the model predicts) in a subclass, never the
+    derived methods alone.
     """
 
     def __init__(self, net: nn.Module | Callable[[Tensor, Tensor], Tensor], sde: SDE,
                  prediction: str = "eps") -> None:
         super().__init__()
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        check_choice("prediction", prediction, PREDICTIONS)
         if not isinstance(sde, SDE):
             raise TypeError(f"sde must be a scoresde SDE, got {type(sde).__name__}")
         if not isinstance(net, nn.Module):
@@ -93,16 +100,20 @@ class ScoreModel(nn.Module):
         return self._device if self._device is not None else torch.device("cpu")
 
     # ----- the one network call --------------------------------------------------------
-    def forward(self, x: Tensor, t: float | Tensor) -> Tensor:
-        """The raw network output `net(x, t)`, with `t` expanded to shape `(B,)`."""
-        check_batch(x)
-        t = as_time(t, x.shape[0], x, T=self.sde.T)
-        return self._net(x, t)
+    def forward(self, x: Tensor, t: float | Tensor, **cond: Tensor) -> Tensor:
+        """The raw network output `net(x, t, **cond)`: the **one** place the network is
+        called, so `n_evals`, forward hooks on this module and any wrapper of `net` (DDP,
+        `torch.compile`) see every evaluation on every path.
 
-    def _net(self, x: Tensor, t: Tensor) -> Tensor:
+        Unchecked for speed: `x` must be `(B, *event_shape)` and a tensor `t` must already be
+        in range (shape `()` or `(B,)`; a 0-d `t` is expanded to `(B,)`); a Python float `t`
+        is checked and converted. The output must have the shape of `x`.
+        """
+        if not isinstance(t, Tensor):
+            t = as_time(t, x.shape[0], x, T=self.sde.T)
         if t.dim() == 0:
             t = t.expand(x.shape[0])
-        out = self.net(x, t)
+        out = self.net(x, t, **cond)
         self.n_evals += 1
         if not isinstance(out, Tensor) or out.shape != x.shape:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -110,50 +121,73 @@ class ScoreModel(nn.Module):
                              f"{tuple(x.shape)}; a score network must return the input's shape")
         return out
 
-    def _coefs(self, x: Tensor, t: float | Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    # ----- conversions (the only place they exist) ----------------------------------
+    def evaluate(self, x: Tensor, t: Tensor, alpha: Tensor | float, sigma: Tensor | float,
+                 kind: str = "eps", **cond: Tensor) -> Tensor:
+        r"""One network evaluation converted to `kind` (`"eps"`, `"score"`, `"x0"` or
+        `"v"`), given the coefficients $\alpha(t)$, $\sigma(t)$: the public, **unchecked**
+        fast path for solvers and the likelihood, which compute the coefficients once
+        (e.g. with [`SDE.coefficients`][scoresde.sdes.SDE.coefficients]) and check their
+        inputs once per solve.
+
+        `t` is a tensor of shape `()` or `(B,)` in range, in `x`'s dtype; `alpha` and
+        `sigma` are Python floats or tensors broadcastable against `x` (use
+        `scoresde.validation.bcast` for per-sample ones). The checked methods
+        [`eps`][scoresde.models.ScoreModel.eps], `score`, `x0`, `v` call this, so a subclass
+        that overrides `evaluate` (or `forward`) changes every path consistently.
+        """
+        out = self(x, t, **cond)
+        p = self.prediction
+        if kind == p:
+            return out
+        if p == "eps":
+            eps = out
+        elif p == "score":
+            eps = -sigma * out
+        elif p == "x0":
+            eps = (x - alpha * out) / sigma
+        else:
+            eps = (alpha * out + sigma * x) / (alpha ** 2 + sigma ** 2)
+        if kind == "eps":
+            return eps
+        if kind == "score":
+            return -eps / sigma
+        if kind == "x0":
+            return (x - sigma * eps) / alpha
+        if kind == "v":
+            return alpha * eps - sigma * (x - sigma * eps) / alpha
+        raise ValueError(f"kind must be one of {PREDICTIONS}, got {kind!r}")
+
+    def _checked(self, x: Tensor, t: float | Tensor, kind: str, cond: dict[str, Tensor]
+                 ) -> Tensor:
         check_batch(x)
         t = as_time(t, x.shape[0], x, T=self.sde.T)
-        alpha = bcast(torch.exp(self.sde._log_alpha(t)), x)
-        sigma = bcast(self.sde._sigma(t), x)
-        return t, alpha, sigma
+        c = self.sde.coefficients(t)
+        return self.evaluate(x, t, bcast(c.alpha, x), bcast(c.sigma, x), kind, **cond)
 
-    # ----- conversions (the only place they exist) ----------------------------------
-    def _eps(self, x: Tensor, t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-        out = self._net(x, t)
-        if self.prediction == "eps":
-            return out
-        if self.prediction == "score":
-            return -sigma * out
-        if self.prediction == "x0":
-            return (x - alpha * out) / sigma
-        return (alpha * out + sigma * x) / (alpha ** 2 + sigma ** 2)
-
-    def eps(self, x: Tensor, t: float | Tensor) -> Tensor:
+    def eps(self, x: Tensor, t: float | Tensor, **cond: Tensor) -> Tensor:
         r"""Predicted noise $\hat\varepsilon(x, t)$, shape of `x`."""
-        return self._eps(x, *self._coefs(x, t))
+        return self._checked(x, t, "eps", cond)
 
-    def score(self, x: Tensor, t: float | Tensor) -> Tensor:
+    def score(self, x: Tensor, t: float | Tensor, **cond: Tensor) -> Tensor:
         r"""Score $s(x, t) = \nabla_x \log p_t(x) = -\hat\varepsilon/\sigma$."""
-        if self.prediction == "score":
-            return self(x, t)
-        t, alpha, sigma = self._coefs(x, t)
-        return -self._eps(x, t, alpha, sigma) / sigma
+        return self._checked(x, t, "score", cond)
 
-    def x0(self, x: Tensor, t: float | Tensor) -> Tensor:
+    def x0(self, x: Tensor, t: float | Tensor, **cond: Tensor) -> Tensor:
         r"""Predicted data $\hat x_0 = (x - \sigma\hat\varepsilon)/\alpha$
         (Tweedie's formula $(x + \sigma^2 s)/\alpha$)."""
-        if self.prediction == "x0":
-            return self(x, t)
-        t, alpha, sigma = self._coefs(x, t)
-        return (x - sigma * self._eps(x, t, alpha, sigma)) / alpha
+        return self._checked(x, t, "x0", cond)
 
-    def v(self, x: Tensor, t: float | Tensor) -> Tensor:
+    def v(self, x: Tensor, t: float | Tensor, **cond: Tensor) -> Tensor:
         r"""Predicted velocity $\hat v = \alpha\hat\varepsilon - \sigma\hat x_0$."""
-        if self.prediction == "v":
-            return self(x, t)
-        t, alpha, sigma = self._coefs(x, t)
-        e = self._eps(x, t, alpha, sigma)
-        return alpha * e - sigma * (x - sigma * e) / alpha
+        return self._checked(x, t, "v", cond)
 
     def extra_repr(self) -> str:
         return f"sde={self.sde!r}, prediction={self.prediction!r}"
+
+
+def check_model(model: object, name: str = "model") -> ScoreModel:
+    """`model` if it is a [`ScoreModel`][scoresde.models.ScoreModel], else `TypeError`."""
+    if not isinstance(model, ScoreModel):
+        raise TypeError(f"{name} must be a scoresde.ScoreModel, got {type(model).__name__}")
+    return model

@@ -12,23 +12,29 @@ $x_t = \alpha(t)\,x_0 + \sigma(t)\,\varepsilon$, $\varepsilon \sim N(0, I)$,
 with $f = d\log\alpha/dt$ and $g^2 = d\sigma^2/dt - 2 f \sigma^2$.
 The log-SNR is $\lambda(t) = \log(\alpha^2/\sigma^2)$, decreasing in `t`.
 
-The reverse-time SDE and the probability-flow ODE are derived here, once
-([`SDE.reverse_drift`][scoresde.sdes.SDE.reverse_drift]); every sampler uses them.
+The reverse-time SDE and the probability-flow ODE are derived from these coefficients
+once, in [`scoresde.dynamics`][scoresde.dynamics]; every sampler and the likelihood use them.
 
 Times `t` are Python floats, 0-d tensors or tensors of shape `(B,)`; data `x` has
 shape `(B, *event_shape)`. Coefficients come back with the shape of `t`.
+
+**Extending.** A new SDE subclasses `SDE`, implements the four coefficient hooks
+`_f`, `_g2`, `_log_alpha`, `_sigma` (called only by this base class) and `config()`, and
+is registered with [`register_sde`][scoresde.sdes.register_sde] so that checkpoints and the
+command line can rebuild it by name (docs/extending.md).
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
 
-from ._checks import as_time, bcast, check_batch
+from .validation import as_time, bcast, check_batch
+from .validation import check_positive as _check_positive
 
 if TYPE_CHECKING:
     from .schedules import DiscreteSchedule
@@ -36,15 +42,57 @@ if TYPE_CHECKING:
 Tensor = torch.Tensor
 
 __all__ = ["SDE", "VPSDE", "CosineVPSDE", "ScheduleVPSDE", "SubVPSDE", "VESDE",
-           "sde_from_config"]
+           "Coefficients", "SDES", "register_sde", "get_sde", "sde_from_config"]
 
 
-def _check_positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite positive number, got {value}")
-    return float(value)
+class Coefficients(NamedTuple):
+    r"""The coefficients of an SDE at times `t` (each with the shape of `t`):
+    $\alpha(t)$, $\sigma(t)$, $f(t)$ and $g(t)^2$ of
+    $dx = f x\,dt + g\,dw$, $x_t = \alpha x_0 + \sigma\varepsilon$."""
+
+    alpha: Tensor
+    sigma: Tensor
+    f: Tensor
+    g2: Tensor
+
+
+#: every registered SDE class, by name (`"vp"`, `"subvp"`, `"ve"`, `"vp_cosine"`, ...)
+SDES: dict[str, type[SDE]] = {}
+
+S = TypeVar("S", bound=type)
+
+
+def register_sde(name: str, cls: type[SDE] | None = None) -> Any:
+    """Register an SDE class under `name`: `register_sde("mine", MySDE)` or as a class
+    decorator `@register_sde("mine")`. Checkpoints store `config()`, whose `"name"` may be
+    this name or the class name; both resolve. Re-registering a name replaces it."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"an SDE name must be a non-empty string, got {name!r}")
+
+    def add(c: S) -> S:
+        if not (isinstance(c, type) and issubclass(c, SDE)):
+            raise TypeError(f"register_sde needs an SDE subclass, got {c!r}")
+        SDES[name] = c
+        return c
+
+    return add(cls) if cls is not None else add
+
+
+def _resolve(name: object) -> type[SDE] | None:
+    if not isinstance(name, str):
+        return None
+    if name in SDES:
+        return SDES[name]
+    return next((c for c in SDES.values() if c.__name__ == name), None)
+
+
+def get_sde(name: str, **kwargs: Any) -> SDE:
+    """An instance of the SDE registered as `name` (or with that class name), built with
+    `kwargs`; `ValueError` listing the registered names otherwise."""
+    cls = _resolve(name)
+    if cls is None:
+        raise ValueError(f"unknown SDE {name!r}; registered: {sorted(SDES)}")
+    return cls(**kwargs)
 
 
 class SDE(ABC):
@@ -102,6 +150,23 @@ class SDE(ABC):
     def config(self) -> dict[str, Any]:
         """A JSON-able description `{"name": ..., **kwargs}`; see
         [`sde_from_config`][scoresde.sdes.sde_from_config]."""
+
+    @classmethod
+    def from_config(cls, kwargs: dict[str, Any]) -> SDE:
+        """Rebuild from `config()` without its `"name"` (default: `cls(**kwargs)`)."""
+        return cls(**kwargs)
+
+    # ----- the fast path -----------------------------------------------------------------
+    def coefficients(self, t: Tensor) -> Coefficients:
+        r"""$(\alpha, \sigma, f, g^2)$ at `t`, **unchecked**: the fast path for solvers and
+        the likelihood, which check their times once per solve.
+
+        `t` must be a floating tensor of shape `()` or `(B,)` in `[0, T]` (not verified);
+        the results have its shape, dtype and device. The checked public methods
+        (`alpha`, `sigma`, `drift`, `diffusion`, ...) give the same values.
+        """
+        return Coefficients(torch.exp(self._log_alpha(t)), self._sigma(t), self._f(t),
+                            self._g2(t))
 
     # ----- public, checked -----------------------------------------------------------
     def _t(self, t: float | Tensor, x: Tensor | None = None) -> Tensor:
@@ -175,26 +240,6 @@ class SDE(ABC):
         sq = z.reshape(z.shape[0], -1).pow(2).sum(dim=1)
         return -0.5 * d * math.log(2 * math.pi * s2) - sq / (2 * s2)
 
-    def reverse_drift(self, x: Tensor, t: float | Tensor, score: Tensor,
-                      probability_flow: bool = False) -> Tensor:
-        r"""Drift of the reverse-time SDE or of the probability-flow ODE (Song et al. 2021).
-
-        Reverse SDE (Anderson 1982): $dx = [f(t) x - g(t)^2 s]\,dt + g(t)\,d\bar w$.
-        Probability flow ODE: $dx/dt = f(t) x - \tfrac12 g(t)^2 s$, where `s` is the
-        score $\nabla_x \log p_t(x)$ given as `score` (same shape as `x`).
-        Both are written for integration with time running backwards, $dt < 0$.
-        """
-        t = self._t(t, x)
-        if score.shape != x.shape:
-            raise ValueError(f"score shape {tuple(score.shape)} != x shape {tuple(x.shape)}")
-        return self._reverse_drift(x, t, score, probability_flow)
-
-    def _reverse_drift(self, x: Tensor, t: Tensor, score: Tensor, probability_flow: bool
-                       ) -> Tensor:
-        """`reverse_drift` without the input checks, for hot loops that checked once."""
-        c = 0.5 if probability_flow else 1.0
-        return bcast(self._f(t), x) * x - bcast(c * self._g2(t), x) * score
-
     def discretize(self, N: int) -> DiscreteSchedule:
         r"""The discrete-time (DDPM) schedule with `N` steps; see subclasses."""
         raise NotImplementedError(
@@ -232,6 +277,7 @@ class _LinearBeta:
         return 2.0 * b / (self.beta_min + torch.sqrt(self.beta_min ** 2 + 2.0 * d * b))
 
 
+@register_sde("vp")
 class VPSDE(_LinearBeta, SDE):
     r"""Variance-preserving SDE (Song et al. 2021; DDPM's continuous limit).
 
@@ -314,6 +360,7 @@ class VPSDE(_LinearBeta, SDE):
         return {"name": "VPSDE", "beta_min": self.beta_min, "beta_max": self.beta_max}
 
 
+@register_sde("vp_cosine")
 class CosineVPSDE(VPSDE):
     r"""VP-SDE with the cosine schedule of Nichol & Dhariwal (2021), continuous form.
 
@@ -368,6 +415,7 @@ class CosineVPSDE(VPSDE):
         return {"name": "CosineVPSDE", "s": self.s, "beta_clip": self.beta_clip}
 
 
+@register_sde("vp_schedule")
 class ScheduleVPSDE(VPSDE):
     r"""The VP-SDE whose discretisation is exactly a given
     [`DiscreteSchedule`][scoresde.schedules.DiscreteSchedule].
@@ -417,7 +465,14 @@ class ScheduleVPSDE(VPSDE):
     def config(self) -> dict[str, Any]:
         return {"name": "ScheduleVPSDE", "betas": self.schedule.betas.tolist()}
 
+    @classmethod
+    def from_config(cls, kwargs: dict[str, Any]) -> ScheduleVPSDE:
+        from .schedules import DiscreteSchedule
 
+        return cls(DiscreteSchedule(torch.tensor(kwargs["betas"], dtype=torch.float64)))
+
+
+@register_sde("subvp")
 class SubVPSDE(_LinearBeta, SDE):
     r"""Sub-VP SDE (Song et al. 2021), same drift as VP, smaller diffusion:
 
@@ -459,6 +514,7 @@ class SubVPSDE(_LinearBeta, SDE):
         return {"name": "SubVPSDE", "beta_min": self.beta_min, "beta_max": self.beta_max}
 
 
+@register_sde("ve")
 class VESDE(SDE):
     r"""Variance-exploding SDE (Song et al. 2021; SMLD's continuous limit).
 
@@ -508,16 +564,13 @@ class VESDE(SDE):
 
 
 def sde_from_config(cfg: dict[str, Any]) -> SDE:
-    """Rebuild an SDE from [`SDE.config`][scoresde.sdes.SDE.config] (used by checkpoints)."""
+    """Rebuild an SDE from [`SDE.config`][scoresde.sdes.SDE.config] (used by checkpoints):
+    `cfg["name"]` is a registered name or the class name of a registered SDE."""
     if not isinstance(cfg, dict) or "name" not in cfg:
         raise ValueError(f"an SDE config is a dict with a 'name' key, got {cfg!r}")
-    kw = {k: v for k, v in cfg.items() if k != "name"}
-    name = cfg["name"]
-    if name == "ScheduleVPSDE":
-        from .schedules import DiscreteSchedule
-
-        return ScheduleVPSDE(DiscreteSchedule(torch.tensor(kw["betas"], dtype=torch.float64)))
-    classes = {"VPSDE": VPSDE, "CosineVPSDE": CosineVPSDE, "SubVPSDE": SubVPSDE, "VESDE": VESDE}
-    if name not in classes:
-        raise ValueError(f"unknown SDE name {name!r}; known: {sorted(classes) + ['ScheduleVPSDE']}")
-    return classes[name](**kw)
+    cls = _resolve(cfg["name"])
+    if cls is None:
+        raise ValueError(f"unknown SDE {cfg['name']!r} in the config; registered: "
+                         f"{sorted(SDES)} (a user's SDE must be registered with "
+                         "sd.register_sde before its checkpoint is loaded)")
+    return cls.from_config({k: v for k, v in cfg.items() if k != "name"})

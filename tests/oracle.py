@@ -9,12 +9,9 @@ import torch
 
 import scoresde as sd
 
-SDE_FACTORIES = {
-    "vp": lambda: sd.VPSDE(),
-    "vp_cosine": lambda: sd.VPSDE.cosine(),
-    "subvp": lambda: sd.SubVPSDE(),
-    "ve": lambda: sd.VESDE(),
-}
+# the built-in SDEs by their registry names (sd.SDES), with default parameters
+SDE_FACTORIES = {name: (lambda name=name: sd.get_sde(name))
+                 for name in ("vp", "vp_cosine", "subvp", "ve")}
 
 
 def make_sde(name: str) -> sd.SDE:

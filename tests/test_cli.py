@@ -8,7 +8,7 @@ import torch
 
 import scoresde as sd
 from scoresde import cli
-from scoresde.compare import Comparison, SolverSpec, builtin_target, compare
+from scoresde.evaluation.compare import Comparison, SolverSpec, builtin_target, compare
 
 
 def _run(argv, capsys):
@@ -56,7 +56,7 @@ def test_compare_errors_shrink_with_budget_on_exact_target():
 
 
 def test_interrupt_keeps_finished_rows(tmp_path, monkeypatch):
-    import scoresde.compare as cmp
+    import scoresde.evaluation.compare as cmp
 
     calls = {"n": 0}
     real = cmp.sample

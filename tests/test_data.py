@@ -233,14 +233,16 @@ def test_eight_gaussians_samples_match_params(params: dict) -> None:
 def test_unknown_name_lists_available() -> None:
     with pytest.raises(ValueError, match="available: moons, swiss_roll, checkerboard"):
         sample_toy("spirals", 10)
-    with pytest.raises(ValueError, match="unknown toy dataset"):
+    with pytest.raises(TypeError, match="name must be a toy dataset name"):
         sample_toy(3, 10)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("n", [0, -5, 2.5, True, "10", None, 10.0])
 def test_bad_n(n: object) -> None:
+    # a wrong type is a TypeError, a wrong value a ValueError (scoresde.validation)
+    err = ValueError if isinstance(n, int) and not isinstance(n, bool) else TypeError
     for name in ALL:
-        with pytest.raises(ValueError, match="n must be a positive int"):
+        with pytest.raises(err, match="n must be an integer >= 1"):
             sample_toy(name, n)  # type: ignore[arg-type]
 
 

@@ -714,15 +714,18 @@ def test_solver_interface_is_abstract():
 # ------------------------------------------------------------------------------------------
 def test_bad_solver_options():
     _, model = _small_problem()
-    for eta in (-0.1, 1.01, float("nan"), True, "0.5"):
+    for eta in (-0.1, 1.01, float("nan")):
         with pytest.raises(ValueError, match="eta must be a number in"):
+            sd.sample(model, (2, 2), solver="ddim", nfe=5, eta=eta)
+    for eta in (True, "0.5"):      # a wrong type is a TypeError (scoresde.validation)
+        with pytest.raises(TypeError, match="eta must be a real number"):
             sd.sample(model, (2, 2), solver="ddim", nfe=5, eta=eta)
     bad = [("ancestral", {"variance": "fixed"}, "variance"), ("heun", {"churn": -1.0}, "churn"),
            ("pc", {"snr": 0.0}, "snr"), ("pc", {"n_corrector_steps": -1}, "n_corrector_steps"),
            ("pc", {"predictor": "pc"}, "predictor"), ("pc", {"predictor": "pf_ode"}, "predictor"),
            ("pc", {"predictor": "nope"}, "unknown solver"), ("pf_ode", {"method": "rk45"}, "unknown method"),
            ("pf_ode", {"rtol": 0.0}, "rtol"), ("torchsde", {"atol": -1.0}, "atol"),
-           ("torchsde", {"method": "euler_heun"}, "unknown torchsde method")]
+           ("torchsde", {"method": "euler_heun"}, "method must be one of")]
     for name, opts, match in bad:
         with pytest.raises(ValueError, match=match):
             sd.sample(model, (2, 2), solver=name, **opts)
@@ -744,7 +747,7 @@ def test_bad_sample_arguments():
             sd.sample(model, shape)
     with pytest.raises(ValueError, match="does not match"):
         sd.sample(model, (3, 2), x_T=torch.zeros(4, 2))
-    with pytest.raises(ValueError, match="floating"):
+    with pytest.raises(TypeError, match="floating"):
         sd.sample(model, x_T=torch.zeros(4, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="NaN/Inf"):
         sd.sample(model, x_T=torch.tensor([[0.0, float("nan")]]))

@@ -1,12 +1,14 @@
-"""Neural networks for score models: `net(x, t)` with the shape of `x`."""
+"""Neural networks for score models: `net(x, t)` with the shape of `x`; one registry
+(`NETS`, `register_net`)."""
 
-from scoresde.nets.mlp import (
+from .mlp import (
     ACTIVATIONS,
     EMBEDDINGS,
     GaussianFourierEmbedding,
     MLPScoreNet,
     SinusoidalEmbedding,
 )
+from .registry import NETS, get_net_class, net_from_config, register_net
 
 __all__ = [
     "ACTIVATIONS",
@@ -14,4 +16,8 @@ __all__ = [
     "GaussianFourierEmbedding",
     "MLPScoreNet",
     "SinusoidalEmbedding",
+    "NETS",
+    "register_net",
+    "get_net_class",
+    "net_from_config",
 ]

@@ -8,12 +8,14 @@ means (noise $\varepsilon$, score, $x_0$ or $v$) is decided by the
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
+
+from ..validation import check_even_int, check_int, check_positive
+from .registry import register_net
 
 __all__ = [
     "ACTIVATIONS",
@@ -37,31 +39,6 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 EMBEDDINGS: tuple[str, ...] = ("fourier", "sinusoidal")
 """Time embeddings :class:`MLPScoreNet` accepts."""
-
-
-def _check_even_dim(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{name} must be a positive even int, got {value!r}")
-    if value % 2:
-        raise ValueError(
-            f"{name} must be a positive even int (the embedding is made of sin/cos pairs), "
-            f"got {value}"
-        )
-    return int(value)
-
-
-def _check_positive_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_positive_real(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a positive real number, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
 
 
 def _float_time(t: torch.Tensor) -> torch.Tensor:
@@ -91,8 +68,8 @@ class GaussianFourierEmbedding(nn.Module):
         self, dim: int, scale: float = 16.0, generator: torch.Generator | None = None
     ) -> None:
         super().__init__()
-        self.dim = _check_even_dim("dim", dim)
-        self.scale = _check_positive_real("scale", scale)
+        self.dim = check_even_int("dim", dim, " (the embedding is made of sin/cos pairs)")
+        self.scale = check_positive("scale", scale)
         device = None if generator is None else generator.device
         w = torch.randn(self.dim // 2, generator=generator, device=device) * self.scale
         self.register_buffer("W", w.to(torch.empty(0).device))
@@ -130,9 +107,9 @@ class SinusoidalEmbedding(nn.Module):
 
     def __init__(self, dim: int, max_period: float = 10000.0, time_scale: float = 1000.0) -> None:
         super().__init__()
-        self.dim = _check_even_dim("dim", dim)
-        self.max_period = _check_positive_real("max_period", max_period)
-        self.time_scale = _check_positive_real("time_scale", time_scale)
+        self.dim = check_even_int("dim", dim, " (the embedding is made of sin/cos pairs)")
+        self.max_period = check_positive("max_period", max_period)
+        self.time_scale = check_positive("time_scale", time_scale)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """**Arguments:** `t`, a tensor of any shape `S`.
@@ -171,6 +148,7 @@ class _ResBlock(nn.Module):
         return h + self.linear(self.act(h + self.temb(emb)))
 
 
+@register_net("mlp")
 class MLPScoreNet(nn.Module):
     r"""Residual MLP $\mathrm{net}(x, t)$ for data of shape `(B, dim)`.
 
@@ -216,16 +194,16 @@ class MLPScoreNet(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        self.dim = _check_positive_int("dim", dim)
-        self.hidden = _check_positive_int("hidden", hidden)
-        self.depth = _check_positive_int("depth", depth)
+        self.dim = check_int("dim", dim, 1)
+        self.hidden = check_int("hidden", hidden, 1)
+        self.depth = check_int("depth", depth, 1)
         if embedding not in EMBEDDINGS:
             raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
         self.embedding = embedding
-        self.embed_dim = _check_even_dim("embed_dim", embed_dim)
+        self.embed_dim = check_even_int("embed_dim", embed_dim, " (the embedding is made of sin/cos pairs)")
         self.activation = _activation_name(activation)
-        self.fourier_scale = _check_positive_real("fourier_scale", fourier_scale)
-        self.time_scale = _check_positive_real("time_scale", time_scale)
+        self.fourier_scale = check_positive("fourier_scale", fourier_scale)
+        self.time_scale = check_positive("time_scale", time_scale)
 
         self.embed: nn.Module
         if embedding == "fourier":

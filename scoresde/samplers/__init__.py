@@ -1,6 +1,7 @@
 """Samplers: solvers of the reverse SDE and the probability-flow ODE, one file each, one
 registry (`SOLVERS`), one entry point (`sample`)."""
 
+from ..dynamics import tweedie_denoise
 from . import ancestral, ddim, dpm_solver, euler_maruyama, heun, pc, pf_ode, torchsde_solver  # noqa: F401
 from .ancestral import Ancestral
 from .base import (
@@ -10,7 +11,6 @@ from .base import (
     SamplingError,
     Solver,
     StepContext,
-    tweedie_denoise,
 )
 from .ddim import DDIM
 from .dpm_solver import DPMSolverPP2M
@@ -18,15 +18,15 @@ from .euler_maruyama import EulerMaruyama
 from .grids import GRIDS, KarrasGrid, LogSNRGrid, QuadraticGrid, TimeGrid, UniformGrid, get_grid
 from .heun import Heun
 from .pc import PredictorCorrector
-from .pf_ode import ProbabilityFlowODE, pf_ode_rhs
-from .registry import SOLVERS, make_solver, register_solver
+from .pf_ode import ProbabilityFlowODE
+from .registry import SOLVERS, adaptive_solvers, make_solver, register_solver, solver_table
 from .sampling import SampleResult, sample
 from .torchsde_solver import TorchSDE
 
 __all__ = [
-    "SOLVERS", "register_solver", "make_solver", "sample", "SampleResult",
+    "SOLVERS", "register_solver", "make_solver", "adaptive_solvers", "solver_table", "sample", "SampleResult",
     "Solver", "FixedGridSolver", "AdaptiveSolver", "StepContext", "SamplingError", "BudgetError",
     "tweedie_denoise", "GRIDS", "TimeGrid", "UniformGrid", "QuadraticGrid", "LogSNRGrid",
     "KarrasGrid", "get_grid", "EulerMaruyama", "Ancestral", "DDIM", "ProbabilityFlowODE",
-    "pf_ode_rhs", "Heun", "PredictorCorrector", "TorchSDE", "DPMSolverPP2M",
+    "Heun", "PredictorCorrector", "TorchSDE", "DPMSolverPP2M",
 ]

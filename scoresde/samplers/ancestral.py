@@ -25,6 +25,7 @@ import math
 
 import torch
 
+from ..validation import check_choice
 from .base import FixedGridSolver, StepContext
 from .registry import register_solver
 
@@ -39,9 +40,7 @@ class Ancestral(FixedGridSolver):
     stochastic = True
 
     def __init__(self, variance: str = "posterior") -> None:
-        if variance not in VARIANCES:
-            raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
-        self.variance = variance
+        self.variance = check_choice("variance", variance, VARIANCES)
 
     def step(self, ctx: StepContext, x: torch.Tensor, i: int) -> torch.Tensor:
         a_s, a_t, s_s, s_t = ctx.alpha[i], ctx.alpha[i + 1], ctx.sigma[i], ctx.sigma[i + 1]

@@ -7,7 +7,12 @@ A solver declares
   `strong_order`);
 - `stochastic`: whether it injects noise;
 - its cost: `nfe_for_steps(n)`, the number of network evaluations for ``n`` steps
-  (``cost_per_step * n`` unless the solver says otherwise, e.g. Heun's ``2n - 1``).
+  (``cost_per_step * n`` unless the solver says otherwise, e.g. Heun's ``2n - 1``), and
+  `cost_formula()`, the same in words for messages and tables;
+- `adaptive_capable` (it can run with ``nfe=None``) and `default_grid` (a name in `GRIDS`).
+
+The registry (`SOLVERS`) holds the classes, so the comparison, the CLI and the docs read these
+declarations from it instead of keeping lists of solver names.
 
 The common loop lives once, in `FixedGridSolver.solve`: it walks the grid, records the
 trajectory if asked, and detects NaN/Inf without a host synchronisation per step (the first
@@ -23,7 +28,7 @@ with torch.no_grad():
     x = x_T
     for i in range(len(grid) - 1):
         x = solver.step(ctx, x, i)
-    x0 = sd.samplers.tweedie_denoise(model, x, 1e-3)   # = sd.sample(..., nfe=50).x
+    x0 = sd.dynamics.tweedie_denoise(model, x, 1e-3)   # = sd.sample(..., nfe=50).x
 ```
 """
 
@@ -38,7 +43,6 @@ from typing import Any, ClassVar
 import torch
 from tqdm import tqdm
 
-from .._checks import bcast
 from ..models import ScoreModel
 
 Tensor = torch.Tensor
@@ -94,7 +98,7 @@ class StepContext:
 
     def eps(self, x: Tensor, i: int) -> Tensor:
         r"""$\hat\varepsilon(x, t_i)$: one network evaluation at grid point ``i``."""
-        return self.model._eps(x, self.t[i], self.alpha[i], self.sigma[i])
+        return self.model.evaluate(x, self.t[i], self.alpha[i], self.sigma[i])
 
     def score(self, x: Tensor, i: int) -> Tensor:
         r"""$s(x, t_i) = -\hat\varepsilon/\sigma_i$: one network evaluation."""
@@ -116,6 +120,9 @@ class Solver(ABC):
     adaptive_capable: ClassVar[bool] = False
     #: the time grid `sample` uses when the caller names none (a name in `GRIDS`)
     default_grid: ClassVar[str] = "uniform"
+    #: option sets the comparison runs by default (`scoresde.evaluation.specs.default_solvers`);
+    #: each a dict of constructor options, plus ``"grid"`` or ``"adaptive": True``
+    comparison_specs: ClassVar[tuple[dict[str, Any], ...]] = ()
 
     def nfe_for_steps(self, n_steps: int) -> int:
         """Network evaluations used by ``n_steps`` steps (the denoising step excluded)."""
@@ -128,7 +135,7 @@ class Solver(ABC):
         while self.nfe_for_steps(n) + extra < nfe:
             n += 1
         if self.nfe_for_steps(n) + extra != nfe:
-            raise BudgetError(self._budget_message(nfe, extra))
+            raise BudgetError(self.budget_message(nfe, extra))
         return n
 
     def reachable(self, upto: int, extra: int = 0) -> list[int]:
@@ -139,17 +146,19 @@ class Solver(ABC):
             n += 1
         return out
 
-    def _budget_message(self, nfe: int, extra: int = 0) -> str:
+    def budget_message(self, nfe: int, extra: int = 0) -> str:
+        """Why ``nfe`` (plus ``extra``) cannot be met, with the nearest budgets that can."""
         stride = max(1, self.nfe_for_steps(2) - self.nfe_for_steps(1))
         ok = self.reachable(max(nfe, 1) + 3 * stride, extra)
         lower = [k for k in ok if k < nfe][-3:]
         higher = [k for k in ok if k > nfe][:3]
         den = " + 1 for the final denoising step" if extra else ""
         return (f"solver {self.name!r} cannot use exactly nfe={nfe}: it costs "
-                f"{self._cost_formula()}{den}; the nearest budgets it can meet are "
+                f"{self.cost_formula()}{den}; the nearest budgets it can meet are "
                 f"{lower + higher}")
 
-    def _cost_formula(self) -> str:
+    def cost_formula(self) -> str:
+        """The cost in words, e.g. ``"2n - 1 evaluations for n steps"``."""
         return f"{self.cost_per_step}n evaluations for n steps"
 
     @abstractmethod
@@ -174,15 +183,15 @@ class Solver(ABC):
 class FixedGridSolver(Solver):
     """A solver defined by one step on a time grid; the loop lives in `solve`."""
 
+    comparison_specs: ClassVar[tuple[dict[str, Any], ...]] = ({},)
+
     def start(self, model: ScoreModel, x: Tensor, grid: Tensor,
               generator: torch.Generator | None = None) -> StepContext:
         """Precompute the per-grid coefficients and let the solver initialise its state."""
         sde = model.sde
         t = grid.to(dtype=x.dtype, device=x.device)
         g64 = grid.to(device="cpu", dtype=torch.float64)
-        coef = [torch.exp(sde._log_alpha(g64)), sde._sigma(g64), sde._f(g64), sde._g2(g64),
-                sde._log_snr(g64)]
-        alpha, sigma, f, g2, lam = (c.tolist() for c in coef)
+        alpha, sigma, f, g2, lam = (c.tolist() for c in (*sde.coefficients(g64), sde.log_snr(g64)))
         ctx = StepContext(model, grid, generator, t, alpha, sigma, f, g2, lam)
         self.init(ctx, x)
         return ctx
@@ -263,13 +272,3 @@ class NonFiniteWatch:
     def index(self) -> int | None:
         """The index (from 0) of the first non-finite evaluation, or None."""
         return None if self._i is None or int(self._i) < 0 else int(self._i)
-
-
-def tweedie_denoise(model: ScoreModel, x: Tensor, t_end: float) -> Tensor:
-    r"""Final denoising step at ``t_end``: $\hat x_0 = (x + \sigma^2 s)/\alpha$ (Tweedie's
-    formula; one network evaluation)."""
-    t = torch.tensor(t_end, dtype=x.dtype, device=x.device)
-    sde = model.sde
-    alpha = bcast(torch.exp(sde._log_alpha(t)), x)
-    sigma = bcast(sde._sigma(t), x)
-    return (x - sigma * model._eps(x, t, alpha, sigma)) / alpha

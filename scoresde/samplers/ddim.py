@@ -20,6 +20,7 @@ import math
 
 import torch
 
+from ..validation import check_real
 from .base import FixedGridSolver, StepContext
 from .registry import register_solver
 
@@ -31,9 +32,7 @@ class DDIM(FixedGridSolver):
     order = 1.0
 
     def __init__(self, eta: float = 0.0) -> None:
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
-        self.eta = float(eta)
+        self.eta = check_real("eta", eta, low=0.0, high=1.0)
         self.stochastic = self.eta > 0
 
     def step(self, ctx: StepContext, x: torch.Tensor, i: int) -> torch.Tensor:

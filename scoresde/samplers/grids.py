@@ -21,6 +21,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from ..sdes import SDE
+from ..validation import check_int
 
 Tensor = torch.Tensor
 
@@ -36,8 +37,7 @@ class TimeGrid(ABC):
     def __call__(self, sde: SDE, n_steps: int, t_end: float) -> Tensor:
         """The grid: float64 tensor of shape ``(n_steps + 1,)``, ``grid[0] = T``,
         ``grid[-1] = t_end``, strictly decreasing."""
-        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
-            raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}")
+        check_int("n_steps", n_steps, 1)
         if not 0.0 < t_end < sde.T:
             raise ValueError(f"t_end must lie in (0, T) = (0, {sde.T}), got {t_end}")
         g = self._grid(sde, n_steps, float(t_end)).to(torch.float64)

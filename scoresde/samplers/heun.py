@@ -26,6 +26,7 @@ import math
 
 import torch
 
+from ..validation import check_real
 from .base import FixedGridSolver, StepContext
 from .registry import register_solver
 
@@ -40,15 +41,14 @@ class Heun(FixedGridSolver):
 
     def __init__(self, churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),
                  s_noise: float = 1.0) -> None:
-        if not churn >= 0:
-            raise ValueError(f"churn must be >= 0, got {churn!r}")
+        check_real("churn", churn, low=0.0)
         self.churn, self.s_tmin, self.s_tmax, self.s_noise = float(churn), s_tmin, s_tmax, s_noise
         self.stochastic = self.churn > 0
 
     def nfe_for_steps(self, n_steps: int) -> int:
         return 2 * n_steps - 1
 
-    def _cost_formula(self) -> str:
+    def cost_formula(self) -> str:
         return "2n - 1 evaluations for n steps"
 
     def _churn(self, ctx: StepContext, xs: torch.Tensor, i: int
@@ -65,7 +65,7 @@ class Heun(FixedGridSolver):
         s_hat = min(s_i * (1 + gamma), s_max)
         lam_hat = torch.tensor(-2.0 * math.log(s_hat), dtype=torch.float64)
         t_hat = min(float(sde.log_snr_inverse(lam_hat)), sde.T)
-        a_hat = math.exp(float(sde._log_alpha(torch.tensor(t_hat, dtype=torch.float64))))
+        a_hat = float(sde.alpha(torch.tensor(t_hat, dtype=torch.float64)))
         xs = xs.add(ctx.noise(xs), alpha=math.sqrt(s_hat ** 2 - s_i ** 2) * self.s_noise)
         return xs, s_hat, torch.tensor(t_hat, dtype=xs.dtype, device=xs.device), a_hat
 
@@ -80,7 +80,7 @@ class Heun(FixedGridSolver):
         else:
             xs, s_hat, t_hat, a_hat = churned
             h = s_next - s_hat
-            d = ctx.model._eps(a_hat * xs, t_hat, a_hat, a_hat * s_hat)
+            d = ctx.model.evaluate(a_hat * xs, t_hat, a_hat, a_hat * s_hat)
         x_next = torch.add(xs, d, alpha=h)
         if i < ctx.n_steps - 1:
             d2 = ctx.eps(x_next * a_next, i + 1)

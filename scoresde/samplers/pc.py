@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .._checks import check_int
+from ..validation import check_int, check_positive
 from .base import FixedGridSolver, StepContext
 from .registry import make_solver, register_solver
 
@@ -33,8 +33,7 @@ class PredictorCorrector(FixedGridSolver):
     def __init__(self, predictor: str = "euler_maruyama", snr: float = 0.16,
                  n_corrector_steps: int = 1, predictor_options: dict[str, Any] | None = None
                  ) -> None:
-        if not snr > 0:
-            raise ValueError(f"snr must be positive, got {snr!r}")
+        check_positive("snr", snr)
         check_int("n_corrector_steps", n_corrector_steps, 0)
         pred = make_solver(predictor, **(predictor_options or {}))
         if not isinstance(pred, FixedGridSolver) or isinstance(pred, PredictorCorrector):
@@ -49,8 +48,8 @@ class PredictorCorrector(FixedGridSolver):
     def nfe_for_steps(self, n_steps: int) -> int:
         return self.predictor.nfe_for_steps(n_steps) + self.n_corrector_steps * n_steps
 
-    def _cost_formula(self) -> str:
-        return f"({self.predictor._cost_formula()}) + {self.n_corrector_steps}n corrector evaluations"
+    def cost_formula(self) -> str:
+        return f"({self.predictor.cost_formula()}) + {self.n_corrector_steps}n corrector evaluations"
 
     def init(self, ctx: StepContext, x: torch.Tensor) -> None:
         self.predictor.init(ctx, x)

@@ -7,15 +7,18 @@ integrated from $T$ to $t_\text{end}$. Fixed-step methods (``euler``, ``midpoint
 ``cost * n`` evaluations (1, 2, 2, 3, 4 per step; order 1, 2, 2, 3, 4); with ``nfe=None``
 an adaptive method (``dopri5`` by default, or any adaptive torchdiffeq method) controls
 the error with ``rtol``/``atol`` and reports the evaluations it used. The network is never
-called outside $[t_\text{end}, T]$ (see `scoresde._ode`).
+called outside $[t_\text{end}, T]$ (see `scoresde.integrate`). The vector field is
+[`ProbabilityFlow`][scoresde.dynamics.ProbabilityFlow], shared with the likelihood.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .._ode import ADAPTIVE_METHODS, FIXED_METHOD_COST, check_tolerances, odeint_range
+from ..dynamics import ProbabilityFlow
+from ..integrate import ADAPTIVE_METHODS, FIXED_METHOD_COST, odeint_range
 from ..models import ScoreModel
+from ..validation import check_tolerances
 from .base import AdaptiveSolver, NonFiniteWatch, SamplingError, nan_at_step
 from .registry import register_solver
 
@@ -27,19 +30,11 @@ ADAPTIVE_ORDER = {"dopri5": 5.0, "dopri8": 8.0, "bosh3": 3.0, "fehlberg2": 2.0,
                   "adaptive_heun": 2.0}
 
 
-def pf_ode_rhs(model: ScoreModel):
-    """The right-hand side ``(t, x) -> dx/dt`` of the probability-flow ODE (one evaluation)."""
-    sde = model.sde
-
-    def rhs(t: Tensor, x: Tensor) -> Tensor:
-        return sde.reverse_drift(x, t, model.score(x, t), probability_flow=True)
-
-    return rhs
-
-
 @register_solver("pf_ode")
 class ProbabilityFlowODE(AdaptiveSolver):
     """The PF-ODE with a torchdiffeq method: fixed grid (``nfe=K``) or adaptive (``nfe=None``)."""
+
+    comparison_specs = ({"method": "rk4"}, {"adaptive": True})
 
     def __init__(self, method: str | None = None, rtol: float = 1e-5, atol: float = 1e-5,
                  max_num_steps: int | None = None) -> None:
@@ -71,7 +66,7 @@ class ProbabilityFlowODE(AdaptiveSolver):
               generator: torch.Generator | None = None, *, trajectory: bool = False,
               progress: bool = False) -> tuple[Tensor, Tensor | None]:
         method = self._fixed_method()
-        path = odeint_range(pf_ode_rhs(model), x, float(grid[0]), float(grid[-1]), method=method,
+        path = odeint_range(ProbabilityFlow(model), x, float(grid[0]), float(grid[-1]), method=method,
                             grid=grid, return_path=True)
         bad = ~torch.isfinite(path.reshape(path.shape[0], -1)).all(dim=1)
         if bool(bad.any()):
@@ -86,7 +81,7 @@ class ProbabilityFlowODE(AdaptiveSolver):
         if method not in ADAPTIVE_METHODS:
             raise ValueError(f"nfe=None needs an adaptive method {sorted(ADAPTIVE_METHODS)}, "
                              f"got {method!r}")
-        rhs, watch = pf_ode_rhs(model), NonFiniteWatch()
+        rhs, watch = ProbabilityFlow(model), NonFiniteWatch()
         where = f"in the adaptive solve from t={model.sde.T} to t={t_end}"
         try:
             out = odeint_range(lambda t, y: watch(t, rhs(t, y)), x, model.sde.T, t_end,

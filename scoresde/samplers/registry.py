@@ -1,13 +1,16 @@
-"""The one solver registry: a name -> class dict, and the decorator that fills it."""
+"""The one solver registry: a name -> class dict, and the decorator that fills it.
+
+Each class declares what the comparison and the docs need (see `Solver`): `order`,
+`stochastic`, `nfe_for_steps`/`cost_formula`, `adaptive_capable` and `default_grid`;
+`solver_table` lists them for every registered solver."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .base import Solver
 
-__all__ = ["SOLVERS", "register_solver", "make_solver"]
+__all__ = ["SOLVERS", "register_solver", "make_solver", "adaptive_solvers", "solver_table"]
 
 #: every registered solver class, by name
 SOLVERS: dict[str, type[Solver]] = {}
@@ -49,4 +52,24 @@ def make_solver(solver: str | Solver, **options: Any) -> Solver:
     return cls(**options)
 
 
-Factory = Callable[..., Solver]
+def adaptive_solvers() -> list[str]:
+    """Names of the registered solvers that can run with ``nfe=None`` (adaptive steps)."""
+    return [n for n, c in SOLVERS.items() if c.adaptive_capable]
+
+
+def solver_table() -> list[dict[str, Any]]:
+    """One dict per registered solver with default options: name, class, order,
+    stochastic, cost formula, adaptive capability and default grid (for docs and CLIs)."""
+    rows = []
+    for name, cls in SOLVERS.items():
+        try:
+            s = cls()
+        except TypeError:  # a solver whose constructor needs arguments
+            s = None
+        rows.append({"name": name, "class": cls.__name__,
+                     "order": getattr(s, "order", cls.order),
+                     "stochastic": getattr(s, "stochastic", cls.stochastic),
+                     "cost": s.cost_formula() if s is not None else "",
+                     "adaptive": cls.adaptive_capable,
+                     "default_grid": getattr(s, "default_grid", cls.default_grid)})
+    return rows

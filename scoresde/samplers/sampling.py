@@ -7,11 +7,12 @@ from typing import Any
 
 import torch
 
-from .._checks import check_finite
-from ..models import ScoreModel
-from .base import AdaptiveSolver, Solver, tweedie_denoise
+from ..dynamics import tweedie_denoise
+from ..models import ScoreModel, check_model
+from ..validation import check_batch, check_finite
+from .base import AdaptiveSolver, Solver
 from .grids import TimeGrid, get_grid
-from .registry import make_solver
+from .registry import adaptive_solvers, make_solver
 
 Tensor = torch.Tensor
 
@@ -66,7 +67,8 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
     - ``solver``: a name in `SOLVERS` (e.g. ``"euler_maruyama"``, ``"ddim"``) or an instance;
       ``**options`` go to its constructor (e.g. ``eta=0.5``).
     - ``nfe``: the total number of network evaluations, the final denoising step included;
-      ``None`` for an adaptive solve (``pf_ode``, ``torchsde`` only).
+      ``None`` for an adaptive solve (solvers with ``adaptive_capable``: ``pf_ode``,
+      ``torchsde``).
     - ``generator``: all randomness (prior draw and solver noise).
     - ``x_T``: starting noise (its dtype and device are kept); drawn from the prior if None.
     - ``t_end``: end time, default ``model.sde.sample_eps``.
@@ -83,8 +85,7 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
     evaluations (the message lists budgets it can meet); `SamplingError` if NaN/Inf appears
     (naming the step and time); ``ValueError``/``TypeError`` for bad arguments.
     """
-    if not isinstance(model, ScoreModel):
-        raise TypeError(f"model must be a ScoreModel, got {type(model).__name__}")
+    check_model(model)
     slv = make_solver(solver, **options)
     sde = model.sde
     t_end = sde.sample_eps if t_end is None else float(t_end)
@@ -99,8 +100,9 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
         x_T = sde.prior_sample(shape, generator, dtype=torch.get_default_dtype(),
                                device=model.device)
     else:
-        if not isinstance(x_T, Tensor) or not x_T.is_floating_point() or x_T.dim() < 2:
-            raise ValueError("x_T must be a floating tensor of shape (B, *event_shape)")
+        check_batch(x_T, "x_T")
+        if x_T.dim() < 2:
+            raise ValueError(f"x_T must have shape (B, *event_shape), got {tuple(x_T.shape)}")
         if shape is not None and tuple(shape) != tuple(x_T.shape):
             raise ValueError(f"shape {tuple(shape)} does not match x_T's shape {tuple(x_T.shape)}")
         check_finite(x_T, "x_T")
@@ -109,7 +111,7 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
         if nfe is None:
             if not (isinstance(slv, AdaptiveSolver) and slv.adaptive_capable):
                 raise ValueError(f"solver {slv.name!r} needs an NFE budget (nfe=None means an "
-                                 "adaptive solve, which only 'pf_ode' and 'torchsde' support)")
+                                 f"adaptive solve, which only {adaptive_solvers()} support)")
             if trajectory:
                 raise ValueError("trajectory=True needs a fixed grid (give nfe)")
             x = slv.solve_adaptive(model, x_T, t_end, generator)

@@ -20,10 +20,10 @@ from __future__ import annotations
 import warnings
 
 import torch
-import torchsde
 
-from .._ode import check_tolerances
+from ..dynamics import drift_from_score
 from ..models import ScoreModel
+from ..validation import check_choice, check_tolerances
 from .base import AdaptiveSolver, NonFiniteWatch, SamplingError, nan_at_step
 from .registry import register_solver
 
@@ -58,8 +58,11 @@ class _ReverseSDE(torch.nn.Module):
         # T - tau can round an ulp below t_end (SRK's stage times): keep t in [t_end, T]
         t = (self.T - tau).clamp(min=self.t_end, max=self.T)
         x = y.reshape(self.shape)
-        score = self.watch(t, self.model.score(x, t))
-        out = -self.model.sde.reverse_drift(x, t, score).reshape(y.shape)
+        if t.dtype != x.dtype:
+            t = t.to(x.dtype)
+        c = self.model.sde.coefficients(t)
+        score = self.watch(t, self.model.evaluate(x, t, c.alpha, c.sigma, "score"))
+        out = -drift_from_score(x, score, c.f, c.g2).reshape(y.shape)
         self._memo = [(y, out)] + self._memo[:7]
         return out
 
@@ -77,8 +80,7 @@ class TorchSDE(AdaptiveSolver):
 
     def __init__(self, method: str = "euler", rtol: float = 1e-3, atol: float = 1e-3,
                  dt_min: float = 1e-5) -> None:
-        if method not in METHODS:
-            raise ValueError(f"unknown torchsde method {method!r}; known: {sorted(METHODS)}")
+        check_choice("method", method, sorted(METHODS))
         check_tolerances(rtol, atol)
         self.method, self.rtol, self.atol, self.dt_min = method, rtol, atol, dt_min
         self.sde_type, self.cost_per_step, self.extra_evals, self.strong_order = METHODS[method]
@@ -88,12 +90,14 @@ class TorchSDE(AdaptiveSolver):
     def nfe_for_steps(self, n_steps: int) -> int:
         return self.cost_per_step * n_steps + self.extra_evals
 
-    def _cost_formula(self) -> str:
+    def cost_formula(self) -> str:
         extra = f" + {self.extra_evals}" if self.extra_evals else ""
         return f"{self.cost_per_step}n{extra} evaluations for n steps"
 
     def _run(self, model: ScoreModel, x: Tensor, t_end: float, generator: torch.Generator | None,
              dt: float | None) -> Tensor:
+        import torchsde  # imported on first use: `import scoresde` stays light
+
         y0 = x.reshape(x.shape[0], -1)
         span = model.sde.T - t_end
         entropy = int(torch.randint(0, 2 ** 62, (1,), generator=generator,

@@ -5,7 +5,9 @@ A checkpoint is a dict `{"format": "scoresde-checkpoint", "version": 1, "step": 
 "model": state_dict, "ema": state_dict | None, "optimizer": state_dict | None,
 "generator": ByteTensor | None, "losses": list[float], "meta": dict}`, where `meta` holds
 `sde` ([`SDE.config`][scoresde.sdes.SDE.config]), `prediction`, `net` (the network's `config()`) and
-`net_class`, so [`load_model`][scoresde.checkpoint.load_model] can rebuild the model without pickled code.
+`net_class` (a name in the network registry, [`NETS`][scoresde.nets.registry.NETS]), so
+[`load_model`][scoresde.training.checkpoint.load_model] can rebuild the model without pickled
+code; for a network that is not registered, `load_model(path, net=...)` takes the module.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from .models import ScoreModel
-from .sdes import sde_from_config
+from ..models import ScoreModel
+from ..nets.registry import net_from_config
+from ..sdes import sde_from_config
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_model", "FORMAT"]
 
@@ -65,24 +69,31 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
-def _net_classes() -> dict[str, Any]:
-    from .nets import MLPScoreNet
-
-    return {"MLPScoreNet": MLPScoreNet}
-
-
-def load_model(path: str | os.PathLike, *, ema: bool = True,
+def load_model(path: str | os.PathLike, *, net: nn.Module | None = None, ema: bool = True,
                device: str | torch.device = "cpu") -> ScoreModel:
-    """Rebuild the [`ScoreModel`][scoresde.models.ScoreModel] stored in a checkpoint
-    (EMA weights by default)."""
+    """Rebuild the [`ScoreModel`][scoresde.models.ScoreModel] stored in a checkpoint (EMA
+    weights by default).
+
+    The network is rebuilt from the checkpoint's `net_class` and `net` config through the
+    registry ([`register_net`][scoresde.nets.registry.register_net]); for an unregistered
+    network pass a freshly constructed module of the same architecture as `net`, and the
+    stored weights are loaded into it. The SDE is rebuilt through its registry
+    ([`register_sde`][scoresde.sdes.register_sde]).
+    """
     ckpt = load_checkpoint(path)
     meta = ckpt.get("meta", {})
-    classes = _net_classes()
-    name = meta.get("net_class")
-    if name not in classes or "net" not in meta:
-        raise ValueError(f"checkpoint {str(path)!r} does not describe a known network "
-                         f"(net_class={name!r}; known: {sorted(classes)})")
-    net = classes[name].from_config(meta["net"])
+    if net is None:
+        name = meta.get("net_class")
+        if "net" not in meta or meta["net"] is None:
+            raise ValueError(f"checkpoint {str(path)!r} stores no network config (net_class="
+                             f"{name!r}); pass the network as load_model(path, net=...)")
+        try:
+            net = net_from_config(name, meta["net"])
+        except ValueError as e:
+            raise ValueError(f"checkpoint {str(path)!r}: {e}") from None
+    elif not isinstance(net, nn.Module):
+        raise TypeError(f"net must be an nn.Module (a fresh network of the stored architecture), "
+                        f"got {type(net).__name__}")
     state = ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"]
     net.load_state_dict(state)
     model = ScoreModel(net, sde_from_config(meta["sde"]), prediction=meta["prediction"])

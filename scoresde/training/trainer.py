@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from . import __version__
-from ._checks import check_choice, check_int
+from ..losses import WEIGHTINGS, dsm_loss
+from ..models import ScoreModel, check_model
+from ..validation import check_choice, check_int, check_positive, check_real
+from ..version import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
-from .losses import WEIGHTINGS, dsm_loss
-from .models import ScoreModel
 
 Tensor = torch.Tensor
 DataSource = Tensor | Callable[[int, torch.Generator], Tensor]
@@ -63,23 +63,18 @@ class Trainer:
                  seed: int = 0, checkpoint_dir: str | os.PathLike | None = None,
                  checkpoint_every: int | None = None, progress: bool = True,
                  meta: dict[str, Any] | None = None) -> None:
-        if not isinstance(model, ScoreModel):
-            raise TypeError(f"model must be a ScoreModel, got {type(model).__name__}")
-        if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-            raise ValueError(f"lr must be a positive number, got {lr!r}")
-        if optimizer not in ("adam", "adamw"):
-            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {optimizer!r}")
+        check_model(model)
+        check_positive("lr", lr)
+        check_choice("optimizer", optimizer, ("adam", "adamw"))
         check_choice("weighting", weighting, WEIGHTINGS)
         check_int("batch_size", batch_size, 1)
         check_int("warmup_steps", warmup_steps, 0)
-        if grad_clip is not None and not grad_clip > 0:
-            raise ValueError(f"grad_clip must be positive or None, got {grad_clip!r}")
-        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay must lie in [0, 1) or be None, got {ema_decay!r}")
-        if checkpoint_every is not None and (not isinstance(checkpoint_every, int)
-                                             or checkpoint_every < 1):
-            raise ValueError(f"checkpoint_every must be a positive integer, got "
-                             f"{checkpoint_every!r}")
+        if grad_clip is not None:
+            check_positive("grad_clip", grad_clip)
+        if ema_decay is not None:
+            check_real("ema_decay", ema_decay, low=0.0, high=1.0, high_open=True)
+        if checkpoint_every is not None:
+            check_int("checkpoint_every", checkpoint_every, 1)
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters")
@@ -102,6 +97,7 @@ class Trainer:
         self.checkpoint_every = checkpoint_every
         self.progress = progress
         self.meta = dict(meta or {})
+        self.event_shape: list[int] | None = None
 
     # ----- data -----------------------------------------------------------------------
     def _batch(self, data: DataSource) -> Tensor:
@@ -135,8 +131,7 @@ class Trainer:
         checkpoint stays intact.
         """
         self._check_data(data)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+        check_int("steps", steps, 0)
         device = self.model.device
         if isinstance(data, Tensor):
             data = data.to(device)
@@ -147,6 +142,8 @@ class Trainer:
         try:
             while self.step < steps:
                 batch = self._batch(data).to(device)
+                if self.event_shape is None:
+                    self.event_shape = list(batch.shape[1:])
                 for group in self.optimizer.param_groups:
                     group["lr"] = self.lr * min(1.0, (self.step + 1) / max(1, self.warmup_steps))
                 loss = self._loss(batch)
@@ -221,6 +218,7 @@ class Trainer:
                         "batch_size": self.batch_size, "weighting": self.weighting,
                         "importance_sampling": self.importance_sampling, "seed": self.seed},
             "versions": {"scoresde": __version__, "torch": str(torch.__version__)},
+            **({"event_shape": self.event_shape} if self.event_shape is not None else {}),
             **self.meta,
         }
         return {"step": self.step, "model": net.state_dict(),
@@ -230,7 +228,8 @@ class Trainer:
                 "meta": meta}
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write a checkpoint atomically (see [`scoresde.checkpoint`][scoresde.checkpoint])."""
+        """Write a checkpoint atomically (see
+        [`scoresde.training.checkpoint`][scoresde.training.checkpoint])."""
         return save_checkpoint(self.state(), path)
 
     def load(self, path: str | os.PathLike) -> Trainer:

@@ -13,6 +13,10 @@ floating dtype on their device; float64 inputs are computed in float64.
 - :func:`noise_floor` — the value a metric takes between two *independent exact* sample
   sets of the same size, so that every reported number can stand next to its floor.
 
+**Registry.** `METRICS` holds the sample-set distances the comparison reports (`"sw2"`,
+`"mmd"`, `"energy"`, in that order); `register_metric` adds one (docs/extending.md), and
+`compare` then reports it with its noise floor, in its tables and plots.
+
 The pairwise metrics (:func:`mmd`, :func:`energy_distance`) sum over all pairs in
 row blocks of about ``2**22`` pairs, so memory stays bounded (tens of MiB) for
 ``n, m`` in the tens of thousands; time is $O((n + m)^2 D)$.
@@ -26,12 +30,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from ..validation import check_int, check_real
+
 __all__ = [
+    "METRICS",
+    "Metric",
+    "register_metric",
     "NoiseFloor",
     "energy_distance",
     "mean_cov_errors",
@@ -178,10 +188,8 @@ def sliced_wasserstein(
     $W_p^p$ over directions), dtype and device of the inputs.
     """
     x, y = _check_pair(x, y)
-    if isinstance(n_projections, bool) or not isinstance(n_projections, int) or n_projections < 1:
-        raise ValueError(f"n_projections must be a positive int, got {n_projections!r}")
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or p < 1:
-        raise ValueError(f"p must be a finite number >= 1, got {p!r}")
+    check_int("n_projections", n_projections, 1)
+    check_real("p", p, low=1.0)
     n, m = x.shape[0], y.shape[0]
     theta = _draw_directions(n_projections, x.shape[1], x, generator)
 
@@ -315,7 +323,8 @@ def mmd(
         elif isinstance(bandwidth, (int, float)) and not isinstance(bandwidth, bool):
             hval = float(bandwidth)
         else:
-            raise ValueError(f"bandwidth must be a positive number or None, got {bandwidth!r}")
+            raise TypeError(f"bandwidth must be a positive number, a 0-d tensor or None, got "
+                            f"{type(bandwidth).__name__} {bandwidth!r}")
         if not (math.isfinite(hval) and hval > 0):
             raise ValueError(f"bandwidth must be a finite number > 0 or None, got {bandwidth!r}")
         h = torch.as_tensor(bandwidth, dtype=x.dtype, device=x.device).reshape(())
@@ -470,12 +479,10 @@ def noise_floor(
 
     **Returns:** :class:`NoiseFloor` ``(mean, std, values)``.
     """
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 2:
-        raise ValueError(f"repeats must be an int >= 2 (to estimate a std), got {repeats!r}")
+    check_int("repeats", repeats, 2)   # two at least, to estimate a std
     m = n if m is None else m
-    for name, k in (("n", n), ("m", m)):
-        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-            raise ValueError(f"{name} must be an int >= 2, got {k!r}")
+    check_int("n", n, 2)
+    check_int("m", m, 2)
     vals = []
     for _ in range(repeats):
         x = sampler(n, generator)
@@ -483,3 +490,47 @@ def noise_floor(
         vals.append(float(metric(x, y)))
     values = torch.tensor(vals, dtype=torch.float64)
     return NoiseFloor(mean=float(values.mean()), std=float(values.std()), values=values)
+
+
+# ------------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A distance between a sample set and a reference set, as the comparison uses it.
+
+    - `name`: the registry key (a column of the comparison's tables).
+    - `fn(x, y, seed)`: the distance between samples `x` (n, D) and reference `y` (m, D),
+      float64 on the CPU; `seed` is an integer for metrics that need randomness (the same
+      seed for every run of a comparison, so that runs are scored alike). Lower is better.
+    - `title`: a human-readable name for plots and reports.
+    """
+
+    name: str
+    fn: Callable[[Tensor, Tensor, int], Tensor | float]
+    title: str
+
+    def __call__(self, x: Tensor, y: Tensor, seed: int) -> float:
+        return float(self.fn(x, y, seed))
+
+
+#: the sample-set distances the comparison reports, in order, by name
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(name: str, fn: Callable[[Tensor, Tensor, int], Tensor | float], *,
+                    title: str | None = None) -> Metric:
+    """Register `fn(x, y, seed) -> distance` under `name` (see `Metric`); re-registering a
+    name replaces it. **Returns:** the `Metric`."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a metric name must be a non-empty string, got {name!r}")
+    if not callable(fn):
+        raise TypeError(f"fn must be callable (x, y, seed) -> distance, got {type(fn).__name__}")
+    METRICS[name] = Metric(name, fn, title or name)
+    return METRICS[name]
+
+
+register_metric("sw2", lambda x, y, seed: sliced_wasserstein(
+    x, y, generator=torch.Generator().manual_seed(seed)), title="sliced Wasserstein-2")
+register_metric("mmd", lambda x, y, seed: mmd(x, y), title="MMD² (RBF, unbiased)")
+register_metric("energy", lambda x, y, seed: energy_distance(x, y), title="energy distance")

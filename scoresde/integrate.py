@@ -12,24 +12,18 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torchdiffeq
-from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
+
+from .validation import check_tolerances
 
 Tensor = torch.Tensor
 State = Tensor | tuple[Tensor, ...]
 
-__all__ = ["odeint_range", "ADAPTIVE_METHODS", "FIXED_METHODS", "FIXED_METHOD_COST"]
+__all__ = ["odeint_range", "ADAPTIVE_METHODS", "FIXED_METHOD_COST"]
 
+#: torchdiffeq's adaptive methods that `odeint_range` accepts
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 #: network evaluations per step of torchdiffeq's fixed-grid methods
 FIXED_METHOD_COST = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}
-FIXED_METHODS = tuple(FIXED_METHOD_COST)
-
-
-def check_tolerances(rtol: float, atol: float) -> None:
-    for name, v in (("rtol", rtol), ("atol", atol)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            raise ValueError(f"{name} must be a positive number, got {v!r}")
 
 
 def odeint_range(func: Callable[[Tensor, State], State], y0: State, t_start: float,
@@ -49,9 +43,11 @@ def odeint_range(func: Callable[[Tensor, State], State], y0: State, t_start: flo
 
     **Returns:** the state at `t_end`.
     """
-    if method not in _TORCHDIFFEQ_SOLVERS:
-        raise ValueError(f"unknown torchdiffeq method {method!r}; known: "
-                         f"{sorted(_TORCHDIFFEQ_SOLVERS)}")
+    import torchdiffeq  # imported on first use: `import scoresde` stays light
+
+    if method not in ADAPTIVE_METHODS and method not in FIXED_METHOD_COST:
+        raise ValueError(f"unknown torchdiffeq method {method!r}; known: adaptive "
+                         f"{list(ADAPTIVE_METHODS)}, fixed-grid {list(FIXED_METHOD_COST)}")
     if method in ADAPTIVE_METHODS:
         check_tolerances(rtol, atol)
     lo, hi = min(t_start, t_end), max(t_start, t_end)

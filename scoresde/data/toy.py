@@ -28,12 +28,16 @@ and used across the score-based literature; the code is our own.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
+from ..validation import check_int, check_positive, check_real
+
 __all__ = [
+    "DATASETS",
+    "register_dataset",
     "TOY_DATASETS",
     "checkerboard",
     "eight_gaussians",
@@ -48,33 +52,6 @@ __all__ = [
 
 # --------------------------------------------------------------------------------------
 # helpers
-
-
-def _check_n(n: object) -> int:
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise ValueError(f"n must be a positive int, got {n!r} of type {type(n).__name__}")
-    if n <= 0:
-        raise ValueError(f"n must be a positive int, got {n}")
-    return int(n)
-
-
-def _check_real(name: str, value: object, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if positive and value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    if not positive and value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 class _Ctx:
@@ -155,8 +132,8 @@ def moons(
 
     **Returns:** a tensor of shape `(n, 2)`.
     """
-    n = _check_n(n)
-    noise = _check_real("noise", noise)
+    n = check_int("n", n, 1)
+    noise = check_real("noise", noise, low=0.0)
     ctx = _Ctx(generator, dtype, device)
     lower = ctx.randint(2, n).bool()
     theta = math.pi * ctx.rand(n)
@@ -200,8 +177,8 @@ def swiss_roll(
 
     **Returns:** a tensor of shape `(n, 2)`.
     """
-    n = _check_n(n)
-    noise = _check_real("noise", noise)
+    n = check_int("n", n, 1)
+    noise = check_real("noise", noise, low=0.0)
     ctx = _Ctx(generator, dtype, device)
     a, b = _SWISS_A, _SWISS_B
     theta = a + (b - a) * ctx.rand(n)
@@ -243,8 +220,8 @@ def checkerboard(
 
     **Returns:** a tensor of shape `(n, 2)`.
     """
-    n = _check_n(n)
-    size = _check_int("size", size, 2)
+    n = check_int("n", n, 1)
+    size = check_int("size", size, 2)
     if size % 2:
         raise ValueError(f"size must be an even int >= 2, got {size}")
     ctx = _Ctx(generator, dtype, device)
@@ -277,8 +254,8 @@ def eight_gaussians_params(
     **Returns:** `(weights, means, covs)`, float64 CPU tensors of shapes `(8,)`, `(8, 2)`
     and `(8, 2, 2)`, ready for `scoresde.analytic.GaussianMixture`.
     """
-    radius = _check_real("radius", radius)
-    std = _check_real("std", std, positive=True)
+    radius = check_real("radius", radius, low=0.0)
+    std = check_positive("std", std)
     angles = torch.arange(8, dtype=torch.float64) * (2.0 * math.pi / 8.0)
     means = radius * torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1)
     weights = torch.full((8,), 1.0 / 8.0, dtype=torch.float64)
@@ -314,7 +291,7 @@ def eight_gaussians(
 
     **Returns:** a tensor of shape `(n, 2)`.
     """
-    n = _check_n(n)
+    n = check_int("n", n, 1)
     weights, means, covs = eight_gaussians_params(radius=radius, std=std)
     ctx = _Ctx(generator, dtype, device)
     weights, means, covs = (p.to(device=ctx.device, dtype=ctx.work) for p in (weights, means, covs))
@@ -354,9 +331,9 @@ def rings(
 
     **Returns:** a tensor of shape `(n, 2)`.
     """
-    n = _check_n(n)
-    n_rings = _check_int("n_rings", n_rings, 1)
-    noise = _check_real("noise", noise)
+    n = check_int("n", n, 1)
+    n_rings = check_int("n_rings", n_rings, 1)
+    noise = check_real("noise", noise, low=0.0)
     ctx = _Ctx(generator, dtype, device)
     radius = (ctx.randint(n_rings, n) + 1).to(ctx.work)
     theta = 2.0 * math.pi * ctx.rand(n)
@@ -401,11 +378,11 @@ def pinwheel(
 
     **Returns:** a tensor of shape `(n, 2)`.
     """
-    n = _check_n(n)
-    n_arms = _check_int("n_arms", n_arms, 2)
-    radial_std = _check_real("radial_std", radial_std)
-    tangential_std = _check_real("tangential_std", tangential_std)
-    rate = _check_real("rate", rate)
+    n = check_int("n", n, 1)
+    n_arms = check_int("n_arms", n_arms, 2)
+    radial_std = check_real("radial_std", radial_std, low=0.0)
+    tangential_std = check_real("tangential_std", tangential_std, low=0.0)
+    rate = check_real("rate", rate, low=0.0)
     ctx = _Ctx(generator, dtype, device)
     arm = ctx.randint(n_arms, n).to(ctx.work)
     z = ctx.randn(n, 2)
@@ -421,7 +398,8 @@ def pinwheel(
 # --------------------------------------------------------------------------------------
 # registry
 
-_DATASETS: dict[str, Callable[..., torch.Tensor]] = {
+#: every registered toy data set: name -> sampler `fn(n, *, generator, dtype, device, **params)`
+DATASETS: dict[str, Callable[..., torch.Tensor]] = {
     "moons": moons,
     "swiss_roll": swiss_roll,
     "checkerboard": checkerboard,
@@ -430,8 +408,25 @@ _DATASETS: dict[str, Callable[..., torch.Tensor]] = {
     "pinwheel": pinwheel,
 }
 
-TOY_DATASETS: tuple[str, ...] = tuple(_DATASETS)
-"""Names accepted by :func:`sample_toy`."""
+TOY_DATASETS: tuple[str, ...] = tuple(DATASETS)
+"""Names of the built-in toy data sets (the registry `DATASETS` may hold more)."""
+
+
+def register_dataset(name: str, fn: Callable[..., torch.Tensor] | None = None) -> Any:
+    """Register a toy sampler `fn(n, *, generator=None, dtype=None, device=None, **params)`
+    returning `(n, *event_shape)` under `name` (`register_dataset("mine", fn)` or as a
+    decorator); [`sample_toy`][scoresde.data.toy.sample_toy] and the CLI's `--data` then
+    know it."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a data set name must be a non-empty string, got {name!r}")
+
+    def add(f: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        if not callable(f):
+            raise TypeError(f"register_dataset needs a callable, got {f!r}")
+        DATASETS[name] = f
+        return f
+
+    return add(fn) if fn is not None else add
 
 
 def sample_toy(
@@ -460,6 +455,8 @@ def sample_toy(
     **Raises:** `ValueError` for an unknown name, a bad `n` or a bad parameter value;
     `TypeError` for a parameter the dataset does not take.
     """
-    if not isinstance(name, str) or name not in _DATASETS:
-        raise ValueError(f"unknown toy dataset {name!r}; available: {', '.join(TOY_DATASETS)}")
-    return _DATASETS[name](n, generator=generator, dtype=dtype, device=device, **params)
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a toy dataset name (a string), got {type(name).__name__}")
+    if name not in DATASETS:
+        raise ValueError(f"unknown toy dataset {name!r}; available: {', '.join(DATASETS)}")
+    return DATASETS[name](n, generator=generator, dtype=dtype, device=device, **params)

@@ -1,0 +1,20 @@
+"""Log-likelihoods of score models: the probability-flow ODE (`ode`), the variational bound
+(`bound`) and bits per dimension with dequantization (`bpd`)."""
+
+from .bound import BoundResult, variational_bound
+from .bpd import SCALINGS, BPDResult, bits_per_dim, dequantized_bits_per_dim, uniform_dequantize
+from .ode import (
+    DIVERGENCES,
+    PROBES,
+    FlowResult,
+    LikelihoodResult,
+    log_likelihood,
+    per_sample_norm,
+    pf_ode_decode,
+    pf_ode_encode,
+)
+
+__all__ = ["LikelihoodResult", "FlowResult", "BoundResult", "BPDResult", "log_likelihood",
+           "pf_ode_encode", "pf_ode_decode", "variational_bound", "bits_per_dim",
+           "uniform_dequantize", "dequantized_bits_per_dim", "per_sample_norm", "DIVERGENCES",
+           "PROBES", "SCALINGS"]
