@@ -3,7 +3,7 @@ inside the time range, fixed grids through `grid_constructor`, and clear errors.
 
 torchdiffeq's adaptive solvers probe the right-hand side at `t0 + h0` to choose the first
 step, and `h0` can overshoot the end time; a score network must never be called outside
-`[t_end, T]` (DESIGN.md), so the right-hand side sees `t` clamped to the range.
+`[t_end, T]` (docs/math.md, "Time ranges"), so the right-hand side sees `t` clamped to the range.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ w(t)\,\big\| s_\theta(x_t, t) + \varepsilon/\sigma(t) \big\|^2
 $$
 
 with $x_t = \alpha x_0 + \sigma\varepsilon$ and $t \sim U(\epsilon, T)$.
-Reduction (DESIGN.md): the squared norm is replaced by the **mean** over data dimensions,
-then the mean over the batch; there is no ½ factor. Weightings:
+Reduction (docs/math.md, "Denoising score matching"): the squared norm is replaced by the
+**mean** over data dimensions, then the mean over the batch; there is no ½ factor. Weightings:
 
 - `"sigma2"`: $w = \sigma^2$, so the loss is $\|\hat\varepsilon_\theta - \varepsilon\|^2$:
   DDPM's $L_\text{simple}$ (Ho et al. 2020);
@@ -142,7 +142,7 @@ def ddpm_loss(model: ScoreModel, x0: Tensor, schedule: DiscreteSchedule,
     Draw $i \sim U\{0, \dots, N-1\}$ and $\varepsilon \sim N(0, I)$, form
     $x_i = \sqrt{\bar\alpha_i}\,x_0 + \sqrt{1-\bar\alpha_i}\,\varepsilon$ and return
     $\|\varepsilon - \hat\varepsilon_\theta(x_i, t_i)\|^2$ (mean over dimensions and
-    batch). The network is fed the continuous time $t_i = (i+1)/N$ (DESIGN.md), so
+    batch). The network is fed the continuous time $t_i = (i+1)/N$ (docs/math.md, "Grid index ↔ time"), so
     the trained model serves every continuous-time solver.
 
     **Arguments:** `model` must predict `"eps"`; `indices` (shape `(B,)`, integers in

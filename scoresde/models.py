@@ -1,6 +1,6 @@
 r"""Score models: a network plus the SDE, with every parametrisation conversion in one place.
 
-With $x_t = \alpha x_0 + \sigma\varepsilon$ (DESIGN.md), a network may predict
+With $x_t = \alpha x_0 + \sigma\varepsilon$ (docs/math.md, "Notation"), a network may predict
 
 - `"eps"`: the noise $\hat\varepsilon$ (Ho et al. 2020),
 - `"score"`: $\nabla_x \log p_t(x)$ directly (Song et al. 2021),
