@@ -56,8 +56,9 @@ class Coefficients(NamedTuple):
     g2: Tensor
 
 
-#: every registered SDE class, by name (`"vp"`, `"subvp"`, `"ve"`, `"vp_cosine"`, ...)
 SDES: dict[str, type[SDE]] = {}
+"""Every registered SDE class, by name (`"vp"`, `"subvp"`, `"ve"`, `"vp_cosine"`,
+`"vp_schedule"`, and a user's)."""
 
 S = TypeVar("S", bound=type)
 

@@ -97,6 +97,17 @@ def test_every_registry_is_reachable_from_the_namespace():
     assert sd.samplers.adaptive_solvers() == ["pf_ode", "torchsde"]
 
 
+@pytest.mark.parametrize("register", [sd.register_solver, sd.register_sde, sd.register_net,
+                                      sd.data.register_dataset,
+                                      lambda name, x: sd.metrics.register_metric(name, x),
+                                      sd.samplers.register_grid])
+def test_registries_refuse_a_bad_name_or_object(register):
+    with pytest.raises(TypeError):
+        register(3, object)                        # a name must be a string
+    with pytest.raises(TypeError):
+        register("x_not_registered", 42)          # not a class/callable of the right kind
+
+
 # ----- a user's own module: network, SDE, solver, metric -----------------------------------
 USER_MODULE = textwrap.dedent('''
     """A user's extensions, registered on import."""

@@ -398,7 +398,6 @@ def pinwheel(
 # --------------------------------------------------------------------------------------
 # registry
 
-#: every registered toy data set: name -> sampler `fn(n, *, generator, dtype, device, **params)`
 DATASETS: dict[str, Callable[..., torch.Tensor]] = {
     "moons": moons,
     "swiss_roll": swiss_roll,
@@ -407,6 +406,8 @@ DATASETS: dict[str, Callable[..., torch.Tensor]] = {
     "rings": rings,
     "pinwheel": pinwheel,
 }
+"""Every registered toy data set: name -> sampler
+`fn(n, *, generator, dtype, device, **params)`."""
 
 TOY_DATASETS: tuple[str, ...] = tuple(DATASETS)
 """Names of the built-in toy data sets (the registry `DATASETS` may hold more)."""
@@ -449,7 +450,8 @@ def sample_toy(
       generator's device).
     - `**params`: dataset parameters passed on to the dataset's function (e.g. `noise=0.2`).
 
-    **Returns:** a tensor of shape `(n, 2)`, centred with `E||x||^2 = 2` (see the module
+    **Returns:** a tensor of shape `(n, *event_shape)`: `(n, 2)` for the built-in sets,
+    centred with `E||x||^2 = 2` (see the module
     docstring).
 
     **Raises:** `ValueError` for an unknown name, a bad `n` or a bad parameter value;

@@ -514,8 +514,8 @@ class Metric:
         return float(self.fn(x, y, seed))
 
 
-#: the sample-set distances the comparison reports, in order, by name
 METRICS: dict[str, Metric] = {}
+"""The sample-set distances the comparison reports, in order, by name."""
 
 
 def register_metric(name: str, fn: Callable[[Tensor, Tensor, int], Tensor | float], *,

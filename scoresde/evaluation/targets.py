@@ -38,13 +38,14 @@ def _mixture(k: int, d: int, seed: int) -> GaussianMixture:
                                   min_std=0.15, max_std=0.6)
 
 
-#: the exact targets by name: (factory of the mixture, description); `register_target` adds one
 BUILTIN_TARGETS: dict[str, tuple[Callable[[], GaussianMixture], str]] = {
     "eight_gaussians": (GaussianMixture.eight_gaussians,
                         "8 Gaussians on a circle (scoresde.data.eight_gaussians), exact"),
     "mixture2d": (lambda: _mixture(4, 2, 0), "random 2-D mixture, 4 full-covariance components"),
     "mixture5d": (lambda: _mixture(3, 5, 1), "random 5-D mixture, 3 full-covariance components"),
 }
+"""The exact targets by name: (factory of the mixture, description); `register_target`
+adds one."""
 
 
 def register_target(name: str, make: Callable[[], GaussianMixture], description: str = "") -> None:

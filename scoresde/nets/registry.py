@@ -13,8 +13,8 @@ from torch import nn
 
 __all__ = ["NETS", "register_net", "get_net_class", "net_from_config"]
 
-#: every registered network class, by name
 NETS: dict[str, type[nn.Module]] = {}
+"""Every registered network class, by name (`"mlp"`: `MLPScoreNet`)."""
 
 N = TypeVar("N", bound=type)
 

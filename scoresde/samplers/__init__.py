@@ -15,7 +15,16 @@ from .base import (
 from .ddim import DDIM
 from .dpm_solver import DPMSolverPP2M
 from .euler_maruyama import EulerMaruyama
-from .grids import GRIDS, KarrasGrid, LogSNRGrid, QuadraticGrid, TimeGrid, UniformGrid, get_grid
+from .grids import (
+    GRIDS,
+    KarrasGrid,
+    LogSNRGrid,
+    QuadraticGrid,
+    TimeGrid,
+    UniformGrid,
+    get_grid,
+    register_grid,
+)
 from .heun import Heun
 from .pc import PredictorCorrector
 from .pf_ode import ProbabilityFlowODE
@@ -26,7 +35,7 @@ from .torchsde_solver import TorchSDE
 __all__ = [
     "SOLVERS", "register_solver", "make_solver", "adaptive_solvers", "solver_table", "sample", "SampleResult",
     "Solver", "FixedGridSolver", "AdaptiveSolver", "StepContext", "SamplingError", "BudgetError",
-    "tweedie_denoise", "GRIDS", "TimeGrid", "UniformGrid", "QuadraticGrid", "LogSNRGrid",
+    "tweedie_denoise", "GRIDS", "register_grid", "TimeGrid", "UniformGrid", "QuadraticGrid", "LogSNRGrid",
     "KarrasGrid", "get_grid", "EulerMaruyama", "Ancestral", "DDIM", "ProbabilityFlowODE",
     "Heun", "PredictorCorrector", "TorchSDE", "DPMSolverPP2M",
 ]

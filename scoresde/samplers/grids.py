@@ -26,6 +26,7 @@ from ..validation import check_int
 Tensor = torch.Tensor
 
 __all__ = ["TimeGrid", "UniformGrid", "QuadraticGrid", "LogSNRGrid", "KarrasGrid", "GRIDS",
+           "register_grid",
            "get_grid"]
 
 
@@ -110,6 +111,19 @@ GRIDS: dict[str, type[TimeGrid]] = {
     "uniform": UniformGrid, "quadratic": QuadraticGrid, "logsnr": LogSNRGrid,
     "karras": KarrasGrid,
 }
+"""Every registered time-grid rule, by name; `register_grid` adds one."""
+
+
+def register_grid(name: str, cls: type[TimeGrid]) -> type[TimeGrid]:
+    """Register a `TimeGrid` subclass (constructible without arguments) under `name`, so
+    that `sample(grid=name)`, solver specs (`"ddim:grid=name"`) and the CLI know it."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a grid name must be a non-empty string, got {name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, TimeGrid)):
+        raise TypeError(f"register_grid needs a TimeGrid subclass, got {cls!r}")
+    cls.name = name
+    GRIDS[name] = cls
+    return cls
 
 
 def get_grid(grid: str | TimeGrid) -> TimeGrid:

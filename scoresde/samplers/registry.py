@@ -12,8 +12,8 @@ from .base import Solver
 
 __all__ = ["SOLVERS", "register_solver", "make_solver", "adaptive_solvers", "solver_table"]
 
-#: every registered solver class, by name
 SOLVERS: dict[str, type[Solver]] = {}
+"""Every registered solver class, by name."""
 
 S = TypeVar("S", bound=type[Solver])
 
@@ -21,8 +21,10 @@ S = TypeVar("S", bound=type[Solver])
 def register_solver(name: str, cls: type[Solver] | None = None) -> Any:
     """Register a solver class under ``name``: ``register_solver("mine", Mine)`` or as a class
     decorator ``@register_solver("mine")``. Re-registering a name replaces it."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"a solver name must be a non-empty string, got {name!r}")
+    if not isinstance(name, str):
+        raise TypeError(f"a solver name must be a non-empty string, got {type(name).__name__}")
+    if not name:
+        raise ValueError("a solver name must be a non-empty string, got ''")
 
     def add(c: S) -> S:
         if not (isinstance(c, type) and issubclass(c, Solver)):
