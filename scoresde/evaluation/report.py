@@ -142,8 +142,8 @@ def write_report(comp: Any, model: ScoreModel, ref: Tensor,
     if "target_avg_logp" in cfg:
         lines += [f"Exact average log-density of held-out target samples: "
                   f"{cfg['target_avg_logp']:.4f} nats.", ""]
-    keys = ["solver", "budget", "nfe", "status", "sw2", "mmd", "energy", "mean_error",
-            "cov_error", "avg_logp", "wall_s"]
+    keys = ["solver", "budget", "nfe", "status", *METRICS, "mean_error", "cov_error",
+            "avg_logp", "wall_s"]
     lines += ["## All runs", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows:
         cells = []
