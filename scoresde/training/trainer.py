@@ -12,6 +12,9 @@ from __future__ import annotations
 import copy
 import math
 import os
+import signal
+import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from ..files import RunLock, remove_orphans
 from ..losses import WEIGHTINGS, dsm_loss
 from ..models import ScoreModel, check_model
 from ..validation import check_choice, check_int, check_positive, check_real
@@ -29,7 +33,58 @@ Tensor = torch.Tensor
 DataSource = Tensor | Callable[[int, torch.Generator], Tensor]
 LossFn = Callable[[ScoreModel, Tensor, torch.Generator], Tensor]
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "TrainingInterrupted"]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped `Trainer.fit` between two steps; `step` is the number of steps done and
+    `path` the checkpoint written then (`None` without a `checkpoint_dir`)."""
+
+    def __init__(self, step: int, path: Path | None) -> None:
+        where = f"; checkpoint saved to {path}" if path is not None else \
+            " (no checkpoint_dir, nothing saved)"
+        super().__init__(f"training interrupted after step {step}{where}")
+        self.step, self.path = step, path
+
+
+class _DeferredInterrupt:
+    """Turns the first Ctrl-C (SIGINT) during training into a flag read between steps, so the
+    state is saved consistently; a second Ctrl-C interrupts at once. Only in the main thread
+    and only when Python's default SIGINT handler is installed (others are left alone)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> _DeferredInterrupt:
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _check_checkpoint_dir(folder: str | os.PathLike | None) -> Path | None:
+    """The checkpoint folder, checked when the Trainer is made (not at the first save)."""
+    if folder is None:
+        return None
+    if not isinstance(folder, (str, os.PathLike)):
+        raise TypeError(f"checkpoint_dir must be a path or None, got {type(folder).__name__}")
+    p = Path(folder)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"checkpoint_dir {str(p)!r} exists and is not a folder")
+    p.mkdir(parents=True, exist_ok=True)
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise PermissionError(f"checkpoint_dir {str(p)!r} is not writable")
+    return p
 
 
 class Trainer:
@@ -93,7 +148,7 @@ class Trainer:
         self.generator = torch.Generator(device=model.device).manual_seed(seed)
         self.step = 0
         self.losses: list[float] = []
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.checkpoint_dir = _check_checkpoint_dir(checkpoint_dir)
         self.checkpoint_every = checkpoint_every
         self.progress = progress
         self.meta = dict(meta or {})
@@ -135,12 +190,29 @@ class Trainer:
         device = self.model.device
         if isinstance(data, Tensor):
             data = data.to(device)
+        lock = RunLock(self.checkpoint_dir).acquire() if self.checkpoint_dir is not None else None
+        try:
+            if self.checkpoint_dir is not None:
+                remove_orphans(self.checkpoint_dir, "*.pt.*.tmp")
+            with _DeferredInterrupt() as interrupt:
+                self._loop(data, steps, device, interrupt)
+            if self.checkpoint_dir is not None:
+                self.save(self.checkpoint_dir / "last.pt")
+        finally:
+            if lock is not None:
+                lock.release()
+        return self
+
+    def _loop(self, data: DataSource, steps: int, device: torch.device,
+              interrupt: _DeferredInterrupt) -> None:
         self.model.train()
         bar = tqdm(total=steps, initial=self.step, disable=not self.progress, desc="train",
                    dynamic_ncols=True)
         running = None
         try:
             while self.step < steps:
+                if interrupt.requested:
+                    self._stop_interrupted()
                 batch = self._batch(data).to(device)
                 if self.event_shape is None:
                     self.event_shape = list(batch.shape[1:])
@@ -173,12 +245,17 @@ class Trainer:
                 if (self.checkpoint_every and self.step % self.checkpoint_every == 0
                         and self.checkpoint_dir is not None):
                     self.save(self.checkpoint_dir / "last.pt")
+            if interrupt.requested:
+                self._stop_interrupted()
         finally:
             bar.close()
             self.model.eval()
+
+    def _stop_interrupted(self) -> None:
+        path = None
         if self.checkpoint_dir is not None:
-            self.save(self.checkpoint_dir / "last.pt")
-        return self
+            path = self.save(self.checkpoint_dir / "last.pt")
+        raise TrainingInterrupted(self.step, path)
 
     def _last_good(self) -> str:
         if self.checkpoint_dir is not None and (self.checkpoint_dir / "last.pt").exists():
@@ -233,16 +310,80 @@ class Trainer:
         return save_checkpoint(self.state(), path)
 
     def load(self, path: str | os.PathLike) -> Trainer:
-        """Restore model, EMA, optimizer, generator, step and losses from a checkpoint."""
+        """Restore model, EMA, optimizer, generator, step and losses from a checkpoint.
+
+        Everything is checked before anything is changed (the SDE, the prediction, the
+        network's parameter names and shapes, the other sections); if applying still fails,
+        the trainer is restored as it was. A checkpoint saved without EMA loaded into an EMA
+        trainer starts the EMA from the loaded weights (with a warning), never from the
+        trainer's random initialisation.
+        """
         ckpt = load_checkpoint(path)
+        meta = ckpt.get("meta") or {}
+        where = f"checkpoint {str(path)!r}"
         cfg = self.model.sde.config()
-        if ckpt["meta"]["sde"] != cfg:
-            raise ValueError(f"checkpoint SDE {ckpt['meta']['sde']} != trainer SDE {cfg}")
-        self.model.net.load_state_dict(ckpt["model"])
-        if self.ema_net is not None and ckpt.get("ema") is not None:
-            self.ema_net.load_state_dict(ckpt["ema"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.generator.set_state(ckpt["generator"].cpu())
-        self.step = int(ckpt["step"])
+        if meta.get("sde") != cfg:
+            raise ValueError(f"{where}: its SDE {meta.get('sde')} != the trainer's SDE {cfg}")
+        if meta.get("prediction") != self.model.prediction:
+            raise ValueError(f"{where} was trained with prediction={meta.get('prediction')!r}; "
+                             f"this model predicts {self.model.prediction!r}")
+        _check_state("model", ckpt.get("model"), self.model.net.state_dict(), where)
+        ema_state = ckpt.get("ema")
+        if self.ema_net is not None and ema_state is not None:
+            _check_state("ema", ema_state, self.ema_net.state_dict(), where)
+        for key, kind in (("optimizer", dict), ("generator", Tensor), ("losses", list)):
+            if not isinstance(ckpt.get(key), kind):
+                raise ValueError(f"{where}: section {key!r} is missing or not a {kind.__name__}")
+        step = ckpt.get("step")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"{where}: step must be a non-negative integer, got {step!r}")
+        snapshot = self._snapshot()
+        try:
+            self.model.net.load_state_dict(ckpt["model"])
+            if self.ema_net is not None:
+                if ema_state is not None:
+                    self.ema_net.load_state_dict(ema_state)
+                else:
+                    warnings.warn(f"{where} has no EMA weights; the trainer's EMA starts from "
+                                  "the loaded model weights", stacklevel=2)
+                    self.ema_net.load_state_dict(self.model.net.state_dict())
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.generator.set_state(ckpt["generator"].cpu())
+        except Exception as e:
+            self._restore(snapshot)
+            first = (str(e).splitlines() or [type(e).__name__])[0]
+            raise ValueError(f"{where} could not be applied ({type(e).__name__}: {first}); "
+                             "the trainer is unchanged") from None
+        self.step = step
         self.losses = [float(v) for v in ckpt["losses"]]
         return self
+
+    def _snapshot(self) -> dict[str, Any]:
+        clone = lambda sd: {k: v.detach().clone() for k, v in sd.items()}  # noqa: E731
+        return {"model": clone(self.model.net.state_dict()),
+                "ema": clone(self.ema_net.state_dict()) if self.ema_net is not None else None,
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                "generator": self.generator.get_state()}
+
+    def _restore(self, snap: dict[str, Any]) -> None:
+        self.model.net.load_state_dict(snap["model"])
+        if snap["ema"] is not None:
+            self.ema_net.load_state_dict(snap["ema"])
+        self.optimizer.load_state_dict(snap["optimizer"])
+        self.generator.set_state(snap["generator"])
+
+
+def _check_state(name: str, state: object, ref: dict[str, Tensor], where: str) -> None:
+    """A state dict with exactly `ref`'s keys and shapes (else `ValueError` naming them)."""
+    if not isinstance(state, dict):
+        raise ValueError(f"{where}: section {name!r} is missing or not a state dict")
+    missing, extra = sorted(set(ref) - set(state)), sorted(set(state) - set(ref))
+    if missing or extra:
+        raise ValueError(f"{where}: {name} weights do not match the network (missing "
+                         f"{missing[:3]}, unexpected {extra[:3]})")
+    bad = [k for k in ref if not isinstance(state[k], Tensor) or state[k].shape != ref[k].shape]
+    if bad:
+        k = bad[0]
+        got = tuple(state[k].shape) if isinstance(state[k], Tensor) else type(state[k]).__name__
+        raise ValueError(f"{where}: {name} weight {k!r} has shape {got}, the network has "
+                         f"{tuple(ref[k].shape)}")
