@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m scoresde demo
+	$(PY) -m scoresde demo --overwrite
 
 # The docs build runs before pytest so that pytest's summary stays the last line. One pytest
 # run covers the tests and the notebooks in docs/notebooks (executed top to bottom by nbmake,

@@ -43,6 +43,19 @@ def _out_dir(path: str) -> Path:
     return p
 
 
+def _result_folder(path: str, overwrite: bool):
+    """The atomic result folder of a command (`scoresde.files.atomic_folder`): a non-empty
+    `--out` is refused unless `--overwrite`, before any work."""
+    from .files import atomic_folder, check_output_folder
+
+    try:
+        check_output_folder(path, overwrite)
+    except ValueError as e:
+        raise UsageError(str(e).replace("overwrite=True (--overwrite on the command line)",
+                                        "--overwrite")) from None
+    return atomic_folder(path, overwrite=overwrite)
+
+
 def _command() -> str:
     return "scoresde " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
@@ -70,6 +83,8 @@ def import_user_modules(names: Sequence[str]) -> None:
                 sys.modules[path.stem] = module
                 spec.loader.exec_module(module)
             else:
+                if os.getcwd() not in sys.path and "" not in sys.path:
+                    sys.path.insert(0, os.getcwd())   # as `python -m` does: a module next to you
                 importlib.import_module(name)
         except UsageError:
             raise
@@ -85,10 +100,12 @@ def cmd_compare(a: argparse.Namespace) -> int:
         target = checkpoint_target(a.checkpoint, a.data)
     else:
         target = builtin_target(a.target, _sde(a.sde))
-    out = _out_dir(a.out)
     budgets = a.nfe or list(DEFAULT_BUDGETS)
-    comp = compare(target, a.solvers, budgets, n=a.n, seed=a.seed, t_end=a.t_end, out_dir=out,
-                   floor_repeats=a.floor_repeats, progress=not a.no_progress, command=_command())
+    _result_folder(a.out, a.overwrite)            # refuse a non-empty --out before any work
+    comp = compare(target, a.solvers, budgets, n=a.n, seed=a.seed, t_end=a.t_end,
+                   out_dir=a.out, floor_repeats=a.floor_repeats, progress=not a.no_progress,
+                   command=_command(), overwrite=a.overwrite)
+    out = Path(a.out)
     print(f"\nsliced W2 / noise floor ({target.name}; 1.0 = as close as two exact sample sets):\n")
     print(comp.headline("sw2"))
     print(f"\nreport: {out / 'report.md'}")
@@ -122,7 +139,7 @@ def train_model(data: str, out: Path, *, steps: int, sde_name: str = "vp", batch
     t0 = time.perf_counter()
     trainer.fit(x, steps=steps)
     seconds = time.perf_counter() - t0
-    trainer.save(out / "model.pt")
+    trainer.save(out / "model.pt")                   # atomic: replaces an old model.pt only now
     (out / "last.pt").unlink(missing_ok=True)
     plot_losses(trainer.losses, out / "loss.png")
     ema = trainer.ema_model()
@@ -138,6 +155,11 @@ def train_model(data: str, out: Path, *, steps: int, sde_name: str = "vp", batch
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    if a.steps < 1:
+        raise UsageError(f"--steps must be a positive integer, got {a.steps}")
+    if (Path(a.out) / "model.pt").exists() and not a.overwrite:
+        raise UsageError(f"{str(Path(a.out) / 'model.pt')!r} exists; choose another --out or "
+                         "pass --overwrite to replace it when training has finished")
     out = _out_dir(a.out)
     trainer, seconds = train_model(a.data, out, steps=a.steps, sde_name=a.sde,
                                    batch_size=a.batch_size, lr=a.lr, hidden=a.hidden,
@@ -162,14 +184,16 @@ def cmd_sample(a: argparse.Namespace) -> int:
     meta = load_checkpoint(a.checkpoint).get("meta", {})
     event_shape = meta.get("event_shape") or [(meta.get("net") or {}).get("dim", 2)]
     spec = SolverSpec.parse(a.solver)
-    out = _out_dir(a.out)
+    folder = _result_folder(a.out, a.overwrite)
+    out = Path(a.out)
     g = torch.Generator().manual_seed(a.seed)
     res = sample(model, (a.n, *event_shape), solver=spec.make(), nfe=None if spec.adaptive else a.nfe,
                  generator=g, grid=spec.grid, progress=not a.no_progress)
     x = res.x.cpu()
-    np.savez(out / "samples.npz", x=x.numpy(), nfe=res.nfe, solver=spec.label, seed=a.seed,
-             command=_command())
-    plot_samples(x, out / "samples.png", title=f"{spec.label}, NFE {res.nfe}")
+    with folder as work:
+        np.savez(work / "samples.npz", x=x.numpy(), nfe=res.nfe, solver=spec.label, seed=a.seed,
+                 command=_command())
+        plot_samples(x, work / "samples.png", title=f"{spec.label}, NFE {res.nfe}")
     print(f"{a.n} samples with {spec.label} (NFE {res.nfe}): {out / 'samples.npz'}, "
           f"{out / 'samples.png'}")
     return 0
@@ -216,12 +240,14 @@ def cmd_likelihood(a: argparse.Namespace) -> int:
                          f"with one of {list(DATASETS)}")
     x = sample_toy(data, a.n, generator=torch.Generator().manual_seed(a.seed + 10_000))
     exact = GaussianMixture.eight_gaussians() if data == "eight_gaussians" else None
+    folder = _result_folder(a.out, a.overwrite)
+    out = Path(a.out)
     table, vals = likelihood_table(model, x, exact, progress=not a.no_progress,
                                    divergence=a.divergence, rtol=a.rtol, atol=a.atol)
-    out = _out_dir(a.out)
-    (out / "likelihood.md").write_text(f"# Likelihood of held-out {data}\n\n`{_command()}`\n\n"
-                                       f"{table}\n")
-    (out / "likelihood.json").write_text(json.dumps(vals, indent=2))
+    with folder as work:
+        (work / "likelihood.md").write_text(f"# Likelihood of held-out {data}\n\n"
+                                            f"`{_command()}`\n\n{table}\n")
+        (work / "likelihood.json").write_text(json.dumps(vals, indent=2))
     print(table)
     print(f"\ntable: {out / 'likelihood.md'}")
     return 0
@@ -234,27 +260,37 @@ def _winners(comp: Any) -> str:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
+    out = Path(a.out)
+    with _result_folder(a.out, a.overwrite) as work:
+        wall, lines = _demo(a, work, out)
+    print("\n".join(lines))
+    print(f"\nreport: {out / 'report.md'}  ({wall:.0f} s)")
+    return 0
+
+
+def _demo(a: argparse.Namespace, work: Path, out: Path) -> tuple[float, list[str]]:
+    """The demo's four steps, written into `work` (renamed to `out` when they all finish)."""
     from .data import sample_toy
     from .evaluation.compare import builtin_target, checkpoint_target, compare
 
-    out = _out_dir(a.out)
     t_start = time.perf_counter()
     n, steps = (200, 60) if a.quick else (a.n, a.steps)
     budgets = (6, 12) if a.quick else (10, 20, 50, 100, 250, 1000)
     prog = not a.no_progress
     print(f"[1/4] comparing samplers on the exact 8-Gaussians score ({out / 'exact'})")
     exact = compare(builtin_target("eight_gaussians"), None, budgets, n=n, seed=a.seed,
-                    out_dir=out / "exact", progress=prog, command=_command())
+                    out_dir=work / "exact", progress=prog, command=_command())
     print(f"[2/4] training an MLP score network on eight_gaussians, {steps} steps "
           f"({out / 'train'})")
-    _, seconds = train_model("eight_gaussians", _out_dir(str(out / "train")), steps=steps,
+    _, seconds = train_model("eight_gaussians", _out_dir(str(work / "train")), steps=steps,
                              seed=a.seed, progress=prog)
     print(f"      trained in {seconds:.0f} s")
     print(f"[3/4] comparing samplers on the trained model ({out / 'trained'})")
-    trained = compare(checkpoint_target(out / "train" / "model.pt"), None, budgets, n=n,
-                      seed=a.seed, out_dir=out / "trained", progress=prog, command=_command())
+    ckpt = work / "train" / "model.pt"
+    trained = compare(checkpoint_target(ckpt), None, budgets, n=n, seed=a.seed,
+                      out_dir=work / "trained", progress=prog, command=_command())
     print("[4/4] PF-ODE likelihood of held-out data: trained model vs exact density")
-    target = checkpoint_target(out / "train" / "model.pt")
+    target = checkpoint_target(ckpt)
     x = sample_toy("eight_gaussians", 50 if a.quick else 500,
                    generator=torch.Generator().manual_seed(a.seed + 10_000))
     lik, _ = likelihood_table(target.model, x, target.exact, progress=prog)
@@ -274,13 +310,12 @@ def cmd_demo(a: argparse.Namespace) -> int:
         "[train/score_field.png](train/score_field.png)", "",
         "## Likelihood of held-out data through the PF-ODE", "", lik, "",
     ]
-    (out / "report.md").write_text("\n".join(report) + "\n")
-    print("\nExact 8-Gaussians score (" + report[6] + "):\n")
-    print(exact.headline("sw2") + "\n" + _winners(exact))
-    print("\nTrained model:\n\n" + trained.headline("sw2") + "\n" + _winners(trained))
-    print("\n" + lik)
-    print(f"\nreport: {out / 'report.md'}  ({wall:.0f} s)")
-    return 0
+    (work / "report.md").write_text("\n".join(report) + "\n")
+    lines = ["\nExact 8-Gaussians score (" + report[6] + "):\n",
+             exact.headline("sw2") + "\n" + _winners(exact),
+             "\nTrained model:\n\n" + trained.headline("sw2") + "\n" + _winners(trained),
+             "\n" + lik]
+    return wall, lines
 
 
 # ----- parser ----------------------------------------------------------------------------
@@ -311,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--t-end", type=float, default=None)
     c.add_argument("--floor-repeats", type=int, default=8)
     c.add_argument("--out", default="runs/compare")
+    c.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(func=cmd_compare)
 
@@ -326,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weighting", default="sigma2")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default="runs/train")
+    t.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
 
@@ -336,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=5000)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="runs/sample")
+    s.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_sample)
 
@@ -348,12 +386,14 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--rtol", type=float, default=1e-5)
     lk.add_argument("--atol", type=float, default=1e-5)
     lk.add_argument("--out", default="runs/likelihood")
+    lk.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     lk.add_argument("--no-progress", action="store_true")
     lk.set_defaults(func=cmd_likelihood)
 
     d = sub.add_parser("demo", parents=[common],
                        help="the README's demo: compare, train, compare, likelihood")
     d.add_argument("--out", default="runs/demo")
+    d.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     d.add_argument("--steps", type=int, default=8000, help="training steps")
     d.add_argument("--n", type=int, default=2000, help="samples per comparison run")
     d.add_argument("--seed", type=int, default=0)
@@ -363,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_OVERWRITE_HELP = ("replace a non-empty --out folder (train: an existing model.pt), once the new "
+                   "run has finished; without it such a folder is refused")
 _IMPORT_HELP = ("import a module (or a .py file) first, so that what it registers (solvers, "
                 "networks, SDEs, metrics, targets, data sets) is known; repeatable")
 
@@ -370,19 +412,30 @@ _IMPORT_HELP = ("import a module (or a .py file) first, so that what it register
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .files import LockedError
+    from .samplers import SamplingError
+
     try:
         import_user_modules([*args.imports_top, *args.imports])
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("\nscoresde: interrupted; rows finished so far are on disk", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        notes = [str(e)] if str(e) else []             # TrainingInterrupted says where it saved
+        notes += getattr(e, "__notes__", [])            # atomic folders say where partial results are
+        print(f"\nscoresde: interrupted{': ' + '; '.join(notes) if notes else ''}", file=sys.stderr)
         return 130
-    except (UsageError, ValueError, TypeError, FileNotFoundError, NotADirectoryError,
-            IsADirectoryError) as e:
+    except (UsageError, ValueError, TypeError, OSError, LockedError, SamplingError) as e:
         if os.environ.get("SCORESDE_DEBUG"):
             raise
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"scoresde: error: {msg}", file=sys.stderr)
+        print(f"scoresde: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _one_line(e: BaseException) -> str:
+    """The first line of an error's message; for OS errors, the reason and the path."""
+    if isinstance(e, OSError) and e.strerror and e.filename:
+        return f"{e.strerror}: {e.filename!r}"
+    lines = str(e).splitlines()
+    return lines[0] if lines and lines[0] else type(e).__name__
 
 
 if __name__ == "__main__":

@@ -68,12 +68,17 @@ def test_interrupt_keeps_finished_rows(tmp_path, monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(cmp, "sample", flaky)
-    with pytest.raises(KeyboardInterrupt):
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt) as info:
         compare(builtin_target("mixture2d"), ["ddim", "euler_maruyama"], [4, 8], n=100,
-                out_dir=tmp_path, floor_repeats=2, progress=False)
-    lines = (tmp_path / "rows.jsonl").read_text().splitlines()
+                out_dir=out, floor_repeats=2, progress=False)
+    # the finished rows are kept, clearly named, and the output folder itself is untouched
+    assert not out.exists()
+    (partial,) = tmp_path.glob("out.interrupted-*")
+    assert any(str(partial) in note for note in info.value.__notes__)
+    lines = (partial / "rows.jsonl").read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[0])["status"] == "ok"
-    assert (tmp_path / "results.csv").is_file()
+    assert (partial / "results.csv").is_file() and not (partial / "report.md").exists()
 
 
 def test_solver_spec_parsing():

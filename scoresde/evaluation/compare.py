@@ -10,9 +10,11 @@ two independent target sets, mean ± std over repeats).
 Where the target density is known exactly (a `GaussianMixture`), the average exact
 log-density of the samples and the errors of their mean and covariance are reported too.
 
-Rows are written to disk as they finish (``rows.jsonl``, ``results.csv``), so an
-interrupted comparison keeps what it did. At the end: ``results.json`` (configuration,
-seed, versions, command, floors, rows), ``report.md`` (tables) and PNG plots, written by
+Rows are written to disk as they finish (``rows.jsonl``, ``results.csv``) in a temporary
+folder that becomes the output folder when the run ends, so an interrupted comparison keeps
+what it did (in ``<out>.interrupted-<time>``) and never mixes with an earlier run. At the
+end: ``results.json`` (configuration, seed, versions, command, floors, rows), ``report.md``
+(tables) and PNG plots, written by
 [`scoresde.evaluation.report`][scoresde.evaluation.report]. Targets are in
 [`targets`][scoresde.evaluation.targets], the solver-spec grammar in
 [`specs`][scoresde.evaluation.specs].
@@ -35,6 +37,7 @@ import torch
 from tqdm import tqdm
 
 from ..analytic import GaussianMixture
+from ..files import atomic_folder, check_output_folder
 from ..samplers import BudgetError, SamplingError, sample
 from ..validation import check_int
 from .metrics import METRICS, mean_cov_errors, noise_floor
@@ -114,7 +117,7 @@ def compare(target: Target, solvers: Sequence[str | SolverSpec] | None = None,
             budgets: Sequence[int] = DEFAULT_BUDGETS, *, n: int = 4000, seed: int = 0,
             t_end: float | None = None, out_dir: str | os.PathLike | None = None,
             floor_repeats: int = 8, progress: bool = True,
-            trajectories: bool | Sequence[str] = True,
+            trajectories: bool | Sequence[str] = True, overwrite: bool = False,
             command: str | None = None) -> Comparison:
     """Run every solver at every budget from one shared $x_T$ and score the samples.
 
@@ -124,7 +127,12 @@ def compare(target: Target, solvers: Sequence[str | SolverSpec] | None = None,
       ``"pf_ode:adaptive=1,rtol=1e-5"``; default `default_solvers`.
     - ``budgets``: total NFE budgets (denoising step included).
     - ``n``: samples per run (and size of each target set); ``seed``: everything random.
-    - ``out_dir``: where rows, tables and plots go (``None``: nothing written).
+    - ``out_dir``: where rows, tables and plots go (``None``: nothing written). The run
+      writes into a fresh temporary folder beside it, renamed to ``out_dir`` when it ends
+      (`scoresde.files.atomic_folder`): two runs never mix, and an interrupted run keeps its
+      finished rows in ``<out_dir>.interrupted-<time>``.
+    - ``overwrite``: replace a non-empty ``out_dir`` (only once the new run has finished);
+      without it a non-empty ``out_dir`` is a `ValueError` before any work is done.
     - ``floor_repeats``: repeats of the noise-floor estimate.
     - ``trajectories``: plot sample paths (2-D targets): ``True`` for one solver of each
       kind among those compared (see `report.trajectory_specs`), a list of solver labels,
@@ -140,13 +148,23 @@ def compare(target: Target, solvers: Sequence[str | SolverSpec] | None = None,
     if not budgets or budgets[0] < 2:
         raise ValueError(f"budgets must be integers >= 2 (one step plus denoising), got {budgets}")
     check_int("n", n, 10)
+    t_end = target.model.sde.sample_eps if t_end is None else float(t_end)
+    if out_dir is None:
+        return _run(target, specs, budgets, n, seed, t_end, None, floor_repeats, progress,
+                    trajectories, command)
+    dest = check_output_folder(out_dir, overwrite)   # before any work: refuse early
+    with atomic_folder(dest, overwrite=overwrite) as work:
+        comp = _run(target, specs, budgets, n, seed, t_end, work, floor_repeats, progress,
+                    trajectories, command)
+    comp.out_dir = dest
+    return comp
+
+
+def _run(target: Target, specs: list[SolverSpec], budgets: list[int], n: int, seed: int,
+         t_end: float, out: Path | None, floor_repeats: int, progress: bool,
+         trajectories: bool | Sequence[str], command: str | None) -> Comparison:
     model, sde = target.model, target.model.sde
-    t_end = sde.sample_eps if t_end is None else float(t_end)
-    out = Path(out_dir) if out_dir is not None else None
     if out is not None:
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"output folder {str(out)!r} exists and is not a folder")
-        out.mkdir(parents=True, exist_ok=True)
         (out / "rows.jsonl").write_text("")
     ref = target.sample(n, torch.Generator().manual_seed(seed + 1)).double()
     event_shape = tuple(ref.shape[1:])
