@@ -151,6 +151,11 @@ def ddpm_loss(model: ScoreModel, x0: Tensor, schedule: DiscreteSchedule,
     if model.prediction != "eps":
         raise ValueError("ddpm_loss is Ho et al.'s L_simple for an eps-prediction network; "
                          f"got prediction={model.prediction!r} (use dsm_loss instead)")
+    if not model.sde.variance_preserving:
+        raise ValueError(f"ddpm_loss trains on a variance-preserving DDPM schedule, but the model's "
+                         f"SDE is {model.sde!r}: its samplers would read the network at the "
+                         "wrong noise levels; use a VP SDE (e.g. sd.VPSDE.from_schedule("
+                         "schedule)) or dsm_loss")
     check_choice("reduction", reduction, _REDUCTIONS)
     check_batch(x0, "x0")
     b = x0.shape[0]

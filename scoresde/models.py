@@ -119,6 +119,12 @@ class ScoreModel(nn.Module):
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"the network returned shape {shape} for input of shape "
                              f"{tuple(x.shape)}; a score network must return the input's shape")
+        if out.dtype != x.dtype:
+            if not torch.is_autocast_enabled(x.device.type):
+                raise ValueError(f"the network returned {out.dtype} for {x.dtype} input; a score "
+                                 "network must return the input's dtype (cast its output, or "
+                                 "the model with .to(dtype)), so samples keep their dtype")
+            out = out.to(x.dtype)          # mixed precision: results in the input's dtype
         return out
 
     # ----- conversions (the only place they exist) ----------------------------------
