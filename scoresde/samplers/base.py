@@ -128,30 +128,41 @@ class Solver(ABC):
         """Network evaluations used by ``n_steps`` steps (the denoising step excluded)."""
         return self.cost_per_step * n_steps
 
+    def steps_within(self, nfe: int, extra: int = 0) -> int:
+        """The largest number of steps whose cost plus ``extra`` is at most ``nfe`` (0 if
+        not even one step fits). `nfe_for_steps` must be increasing; the search is
+        O(log nfe), so a huge budget costs nothing to check."""
+        if self.nfe_for_steps(1) + extra > nfe:
+            return 0
+        lo, hi = 1, 2
+        while self.nfe_for_steps(hi) + extra <= nfe:      # invariant: lo fits
+            lo, hi = hi, 2 * hi
+        while hi - lo > 1:                                  # lo fits, hi does not
+            mid = (lo + hi) // 2
+            if self.nfe_for_steps(mid) + extra <= nfe:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
     def steps_for_nfe(self, nfe: int, extra: int = 0) -> int:
         """The number of steps whose cost plus ``extra`` (the denoising step) is exactly
         ``nfe``; otherwise `BudgetError` listing the nearest budgets that can be met."""
-        n = 1
-        while self.nfe_for_steps(n) + extra < nfe:
-            n += 1
-        if self.nfe_for_steps(n) + extra != nfe:
+        n = self.steps_within(nfe, extra)
+        if n == 0 or self.nfe_for_steps(n) + extra != nfe:
             raise BudgetError(self.budget_message(nfe, extra))
         return n
 
     def reachable(self, upto: int, extra: int = 0) -> list[int]:
         """Total budgets (steps plus ``extra``) reachable up to ``upto``."""
-        out, n = [], 1
-        while self.nfe_for_steps(n) + extra <= upto:
-            out.append(self.nfe_for_steps(n) + extra)
-            n += 1
-        return out
+        return [self.nfe_for_steps(n) + extra for n in range(1, self.steps_within(upto, extra) + 1)]
 
     def budget_message(self, nfe: int, extra: int = 0) -> str:
         """Why ``nfe`` (plus ``extra``) cannot be met, with the nearest budgets that can."""
-        stride = max(1, self.nfe_for_steps(2) - self.nfe_for_steps(1))
-        ok = self.reachable(max(nfe, 1) + 3 * stride, extra)
-        lower = [k for k in ok if k < nfe][-3:]
-        higher = [k for k in ok if k > nfe][:3]
+        n = self.steps_within(nfe, extra)
+        near = [self.nfe_for_steps(k) + extra for k in range(max(1, n - 2), n + 4)]
+        lower = [k for k in near if k < nfe][-3:]
+        higher = [k for k in near if k > nfe][:3]
         den = " + 1 for the final denoising step" if extra else ""
         return (f"solver {self.name!r} cannot use exactly nfe={nfe}: it costs "
                 f"{self.cost_formula()}{den}; the nearest budgets it can meet are "

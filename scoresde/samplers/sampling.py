@@ -16,7 +16,14 @@ from .registry import adaptive_solvers, make_solver
 
 Tensor = torch.Tensor
 
-__all__ = ["sample", "SampleResult"]
+__all__ = ["sample", "SampleResult", "MAX_STEPS", "MAX_TRAJECTORY_BYTES"]
+
+#: the most grid steps a fixed-grid solve takes: the solvers keep five float64 host
+#: coefficients per grid point (about 0.2 kB per step with Python's float objects), so 10^6
+#: steps hold ~200 MB; larger budgets are refused before anything is allocated
+MAX_STEPS = 1_000_000
+#: the most memory a recorded trajectory (``trajectory=True``) may take
+MAX_TRAJECTORY_BYTES = 4 * 2 ** 30
 
 
 @dataclass
@@ -120,6 +127,17 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
         else:
             _check_nfe(nfe, denoise)
             n_steps = slv.steps_for_nfe(nfe, extra=int(denoise))
+            if n_steps > MAX_STEPS:
+                raise ValueError(f"nfe={nfe} means {n_steps} steps of {slv.name!r}; at most "
+                                 f"{MAX_STEPS} steps are taken (about 200 MB of per-step "
+                                 "coefficients, and hours of sampling): use a smaller budget")
+            if trajectory:
+                need = (n_steps + 2) * x_T.numel() * x_T.element_size()
+                if need > MAX_TRAJECTORY_BYTES:
+                    raise ValueError(f"trajectory=True would store {n_steps + 2} states of "
+                                     f"{tuple(x_T.shape)} ({need / 2 ** 30:.1f} GiB, more than "
+                                     f"{MAX_TRAJECTORY_BYTES / 2 ** 30:.0f} GiB); use fewer "
+                                     "steps or a smaller batch")
             times = get_grid(slv.default_grid if grid is None else grid)(sde, n_steps, t_end)
             x, path = slv.solve(model, x_T, times, generator, trajectory=trajectory,
                                 progress=progress)
