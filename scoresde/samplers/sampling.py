@@ -10,7 +10,7 @@ import torch
 from ..dynamics import tweedie_denoise
 from ..models import ScoreModel, check_model
 from ..validation import check_batch, check_finite
-from .base import AdaptiveSolver, Solver
+from .base import AdaptiveSolver, SamplingError, Solver
 from .grids import TimeGrid, get_grid
 from .registry import adaptive_solvers, make_solver
 
@@ -143,6 +143,10 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
                                 progress=progress)
         if denoise:
             x = tweedie_denoise(model, x, t_end)
+            if not bool(torch.isfinite(x).all()):
+                raise SamplingError(f"the final denoising step at t_end = {t_end:g} produced "
+                                    f"NaN/Inf (solver {slv.name!r}, NFE {nfe}); the state "
+                                    "before it was finite")
             if path is not None:
                 path = torch.cat([path, x[None]])
     used = model.n_evals - start
