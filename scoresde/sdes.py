@@ -422,9 +422,10 @@ class ScheduleVPSDE(VPSDE):
         m0, m1 = d[:-1] / N, d[1:] / N
         c2, c3 = 3.0 * dy - 2.0 * m0 - m1, m0 + m1 - 2.0 * dy
         # one row per cell k: B = y_k + w (m_k + w (c2 + w c3)), dB/dw = m_k + w (2 c2 + 3 w c3),
-        # y_{k+1}, and the slope B continues with beyond [0, 1] (m_0 before, m_N after)
+        # y_{k+1}, and the slope B continues with beyond [0, 1]: m_0 on cell 0, m_N on cell N-1
+        # (equal when N = 1); unused on the other cells
         ext = m1.clone()
-        ext[0] = m0[0] if N > 1 else ext[0]
+        ext[0] = m0[0]
         self._coef64 = torch.stack([y[:-1], m0, c2, c3, 2.0 * c2, 3.0 * c3, y[1:], ext], dim=1)
         self._knots = y
         self._cache: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
