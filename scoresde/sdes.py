@@ -432,42 +432,149 @@ class CosineVPSDE(VPSDE):
 @register_sde("vp_schedule")
 class ScheduleVPSDE(VPSDE):
     r"""The VP-SDE whose discretisation is exactly a given
-    [`DiscreteSchedule`][scoresde.schedules.DiscreteSchedule].
+    [`DiscreteSchedule`][scoresde.schedules.DiscreteSchedule], with a continuous $\beta$.
 
-    $B(t)$ is the piecewise-linear interpolation of $-\log\bar\alpha_i$ at the
-    grid times $t_i = (i+1)/N$ (with $B(0) = 0$), so
-    $\alpha(t_i)^2 = \bar\alpha_i$ exactly and $\beta(t)$ is piecewise constant,
-    $\beta = -N\log(1-\beta_i)$ on $(t_{i-1}, t_i]$. A network trained with
-    [`ddpm_loss`][scoresde.losses.ddpm_loss] on that schedule is then exactly a continuous-time model.
+    $B(t) = \int_0^t\beta$ is a monotone piecewise-cubic Hermite ($C^1$) interpolant of
+    the knots $B(k/N) = y_k$, $y_0 = 0$, $y_{k+1} = -\log\bar\alpha_k$ ($k = 0..N-1$),
+    so $\alpha(t_i)^2 = e^{-B(t_i)} = \bar\alpha_i$ at the grid times $t_i = (i+1)/N$
+    (to the rounding of `exp`), `discretize(N)` returns the schedule itself, and a network
+    trained with [`ddpm_loss`][scoresde.losses.ddpm_loss] on that schedule is exactly a
+    continuous-time model. On the cell $[k/N, (k+1)/N]$, with $w = Nt - k \in [0, 1]$,
+    $\Delta_k = y_{k+1} - y_k$ and knot slopes $d_k \approx B'(k/N)$, $m_k = d_k/N$:
+
+    $$
+    B(t) = y_k + m_k w + (3\Delta_k - 2m_k - m_{k+1})\,w^2 + (m_k + m_{k+1} - 2\Delta_k)\,w^3,
+    \qquad \beta(t) = B'(t) = N\,\frac{dB}{dw},
+    $$
+
+    so $\beta$ is continuous, $\beta(k/N) = d_k$. The slopes are fourth-order finite
+    differences of the knots, written with the cell rates $\delta_k = N\Delta_k$ (interior:
+    $d_k = [7(\delta_{k-1} + \delta_k) - \delta_{k-2} - \delta_{k+1}]/12$; one-sided
+    five-point formulas at the two knots next to each end; second order for $N < 4$), then
+    limited to $0 < d_k \le 3\min(\delta_{k-1}, \delta_k)$ (Fritsch & Carlson 1980;
+    Hyman 1983), which makes every cell's cubic monotone, so $\beta \ge 0$ (a slope
+    $\le 0$ becomes the harmonic mean $2\delta_{k-1}\delta_k/(\delta_{k-1}+\delta_k)$ of
+    PCHIP, or $\delta_0$, $\delta_{N-1}$ at the ends, so $\beta > 0$ at the knots). On a smooth
+    schedule (DDPM's linear one) the limiter is inactive and $\beta$ differs from a smooth
+    function by $O(N^{-3})$ only, which an adaptive ODE solver does not see; a
+    piecewise-linear $B$ (piecewise-constant $\beta$, the previous embedding) stalled
+    adaptive log-likelihoods at a 2-4e-3 nat error floor (docs/math.md). Beyond `[0, 1]`,
+    $B$ continues linearly. `beta_min` is $\beta(0)$, `beta_max` the largest $\beta$ on
+    `[0, 1]`.
     """
+
+    #: most iterations of `beta_integral_inverse` (bisection alone would need 53 in float64)
+    _MAX_NEWTON = 64
 
     def __init__(self, schedule: DiscreteSchedule) -> None:
         self.schedule = schedule
-        self.N = schedule.N
-        lac = torch.log(schedule.alphas_cumprod)
-        self._knots = torch.cat([torch.zeros(1, dtype=torch.float64), -lac])  # B at k/N
-        self.beta_min = float(self.N * self._knots[1])
-        self.beta_max = float(self.N * (self._knots[1:] - self._knots[:-1]).max())
+        self.N = N = schedule.N
+        y = torch.cat([torch.zeros(1, dtype=torch.float64),
+                       -torch.log(schedule.alphas_cumprod)])        # B at k/N, k = 0..N
+        dy = y[1:] - y[:-1]                                         # Delta_k > 0
+        rate = N * dy                                               # cell rates delta_k
+        # limiter: 0 < d_k <= 3 min(delta_{k-1}, delta_k) makes every cell's cubic monotone;
+        # a slope <= 0 (rough or coarse data) is replaced by PCHIP's harmonic mean (an end
+        # slope by the end cell's rate), so beta stays positive at every knot
+        lim = torch.cat([rate[:1], torch.minimum(rate[:-1], rate[1:]), rate[-1:]])
+        safe = torch.cat([rate[:1], 2.0 * rate[:-1] * rate[1:] / (rate[:-1] + rate[1:]),
+                          rate[-1:]])
+        d = self._slopes(rate)
+        d = torch.where(d > 0, torch.minimum(d, 3.0 * lim), safe)
+        m0, m1 = d[:-1] / N, d[1:] / N
+        c2, c3 = 3.0 * dy - 2.0 * m0 - m1, m0 + m1 - 2.0 * dy
+        # one row per cell k: B = y_k + w (m_k + w (c2 + w c3)), dB/dw = m_k + w (2 c2 + 3 w c3),
+        # y_{k+1}, and the slope B continues with beyond [0, 1]: m_0 on cell 0, m_N on cell N-1
+        # (equal when N = 1); unused on the other cells
+        ext = m1.clone()
+        ext[0] = m0[0]
+        self._coef64 = torch.stack([y[:-1], m0, c2, c3, 2.0 * c2, 3.0 * c3, y[1:], ext], dim=1)
+        self._knots = y
+        self._cache: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+        self.beta_min = float(d[0])
+        ws = (-c2 / (3.0 * c3)).nan_to_num(0.0, 0.0, 0.0).clamp(0.0, 1.0)  # vertex of dB/dw
+        inner = m0 + ws * (2.0 * c2 + 3.0 * c3 * ws)
+        self.beta_max = float(N * torch.maximum(torch.maximum(m0, m1), inner).max())
 
-    def _cell(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        knots = self._knots.to(device=t.device, dtype=t.dtype)
+    @staticmethod
+    def _slopes(rate: Tensor) -> Tensor:
+        r"""Knot slopes $d_k \approx B'(k/N)$, $k = 0..N$, from the cell rates $\delta_k$:
+        five-point (fourth-order) differences for $N \ge 4$, three-point below."""
+        r, n = rate, rate.shape[0]
+        if n == 1:
+            return r.repeat(2)
+        if n < 4:
+            return torch.cat([1.5 * r[:1] - 0.5 * r[1:2], 0.5 * (r[:-1] + r[1:]),
+                              1.5 * r[-1:] - 0.5 * r[-2:-1]])
+        interior = (7.0 * (r[1:-2] + r[2:-1]) - r[:-3] - r[3:]) / 12.0      # k = 2..N-2
+        ends = [(25 * r[0] - 23 * r[1] + 13 * r[2] - 3 * r[3]) / 12.0,      # k = 0
+                (3 * r[0] + 13 * r[1] - 5 * r[2] + r[3]) / 12.0,            # k = 1
+                (3 * r[-1] + 13 * r[-2] - 5 * r[-3] + r[-4]) / 12.0,        # k = N-1
+                (25 * r[-1] - 23 * r[-2] + 13 * r[-3] - 3 * r[-4]) / 12.0]  # k = N
+        return torch.cat([torch.stack(ends[:2]), interior, torch.stack(ends[2:])])
+
+    def _tables(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        key = (like.dtype, like.device)
+        if key not in self._cache:
+            self._cache[key] = (self._coef64.to(dtype=like.dtype, device=like.device),
+                                self._knots.to(dtype=like.dtype, device=like.device))
+        return self._cache[key]
+
+    def _rows(self, like: Tensor, k: Tensor) -> Tensor:
+        c = self._tables(like)[0]
+        return c.index_select(0, k.reshape(-1)).reshape(*k.shape, c.shape[1])
+
+    def _cell(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """The coefficient rows of the cells holding `t`, and `w = Nt - k`."""
         u = t * self.N
-        # cell i is (t_{i-1}, t_i]: the rate at a grid time is that of the cell it closes
-        k = torch.clamp(torch.ceil(u) - 1, 0, self.N - 1).long()
-        return knots, k, u - k
+        k = torch.clamp(torch.floor(u), 0, self.N - 1)
+        return self._rows(t, k.long()), u - k
+
+    @staticmethod
+    def _b(rows: Tensor, w: Tensor) -> Tensor:
+        """$B$ at `w` on the cells of `rows`; linear beyond `[0, 1]`."""
+        y0, m0, c2, c3, _, _, _, ext = rows.unbind(-1)
+        wc = w.clamp(0.0, 1.0)
+        return y0 + wc * (m0 + wc * (c2 + wc * c3)) + ext * (w - wc)
+
+    @staticmethod
+    def _db(rows: Tensor, w: Tensor) -> Tensor:
+        """$dB/dw$ at `w` on the cells of `rows` (constant beyond `[0, 1]`)."""
+        _, m0, _, _, c2x2, c3x3, _, _ = rows.unbind(-1)
+        wc = w.clamp(0.0, 1.0)
+        return m0 + wc * (c2x2 + wc * c3x3)
 
     def beta(self, t: Tensor) -> Tensor:
-        knots, k, _ = self._cell(t)
-        return self.N * (knots[k + 1] - knots[k])
+        return self.N * self._db(*self._cell(t))
 
     def beta_integral(self, t: Tensor) -> Tensor:
-        knots, k, w = self._cell(t)
-        return knots[k] + w * (knots[k + 1] - knots[k])
+        return self._b(*self._cell(t))
 
     def beta_integral_inverse(self, b: Tensor) -> Tensor:
-        knots = self._knots.to(device=b.device, dtype=b.dtype)
+        r"""The `t` with $B(t) = b$: the cell by `searchsorted` on the knots, then Newton
+        on the cell's monotone cubic, safeguarded by bisection of its bracket (initially
+        $w \in [0, 1]$), until $|B(t) - b|$ is within 4 ulps
+        of the cell's largest $B$ (or the bracket has closed); linear beyond the ends."""
+        knots = self._tables(b)[1]
         k = torch.clamp(torch.searchsorted(knots, b.contiguous(), right=True) - 1, 0, self.N - 1)
-        w = (b - knots[k]) / (knots[k + 1] - knots[k])
+        rows = self._rows(b, k)
+        y0, y1, ext = rows[..., 0], rows[..., 6], rows[..., 7]
+        w = ((b - y0) / (y1 - y0)).clamp(0.0, 1.0)            # the secant's guess
+        lo, hi = torch.zeros_like(w), torch.ones_like(w)
+        tiny = 4.0 * torch.finfo(w.dtype).eps
+        for _ in range(self._MAX_NEWTON):
+            f = self._b(rows, w) - b
+            lo = torch.where(f < 0, w, lo)
+            hi = torch.where(f > 0, w, hi)
+            step = w - f / self._db(rows, w)
+            new = torch.where(f == 0, w, torch.where((step >= lo) & (step <= hi), step,
+                                                     0.5 * (lo + hi)))
+            done = bool(((f.abs() <= tiny * y1) | (hi - lo <= tiny)).all())
+            w = new
+            if done:
+                break
+        # beyond the ends B is linear with slope ext (B(0) = y0 = 0 on cell 0, B(1) = y1)
+        w = torch.where(b < y0, (b - y0) / ext, torch.where(b > y1, 1.0 + (b - y1) / ext, w))
         return (k + w) / self.N
 
     def discretize(self, N: int) -> DiscreteSchedule:

@@ -61,9 +61,11 @@ def test_from_schedule_is_exact_embedding():
     sde = sd.VPSDE.from_schedule(sch)
     torch.testing.assert_close(sde.alpha(sch.times) ** 2, sch.alphas_cumprod, rtol=1e-13, atol=0)
     assert sde.discretize(50) is sch
-    # its beta is piecewise constant: -N log(1 - beta_i) inside cell i
-    mid = (torch.arange(50, dtype=torch.float64) + 0.5) / 50
-    torch.testing.assert_close(sde.diffusion(mid) ** 2, -50 * torch.log1p(-sch.betas))
+    # its beta is continuous and quadratic inside each cell, with mean -N log(1 - beta_i) over
+    # cell i (two-point Gauss-Legendre is exact for quadratics)
+    left, off = torch.arange(50, dtype=torch.float64) / 50, 0.5 / (50 * 3 ** 0.5)
+    mean = 0.5 * (sde.diffusion(left + 0.5 / 50 - off) ** 2 + sde.diffusion(left + 0.5 / 50 + off) ** 2)
+    torch.testing.assert_close(mean, -50 * torch.log1p(-sch.betas), rtol=1e-12, atol=0)
     # and discretising it with another N is consistent with the generic rule
     coarse = sde.discretize(10)
     torch.testing.assert_close(coarse.alphas_cumprod, sde.alpha(coarse.times) ** 2)
