@@ -12,6 +12,7 @@ from scoresde.samplers import (
     GRIDS,
     KarrasGrid,
     LogSNRGrid,
+    PolyExponentialGrid,
     QuadraticGrid,
     TimeGrid,
     UniformGrid,
@@ -117,6 +118,49 @@ def test_karras_rho_must_be_positive():
     for rho in (0.0, -1.0):
         with pytest.raises(ValueError, match="rho"):
             KarrasGrid(rho)
+
+
+# ------------------------------------------------------------------------------------------
+# PolyExponentialGrid (k-diffusion's get_sigmas_polyexponential)
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sde_name", list(SDE_FACTORIES))
+def test_polyexponential_grid_closed_form(sde_name):
+    """log(sigma~) = log(sigma~_min) + (1 - i/n)^rho (log(sigma~_max) - log(sigma~_min)), as in
+    k-diffusion; rho = 1 (its default) is the log-SNR grid."""
+    sde = make_sde(sde_name)
+    T, t_end, n = sde.T, 1e-3, 23
+    ends = torch.log(_sigma_tilde(sde, torch.tensor([T, t_end], dtype=torch.float64)))
+    i = torch.arange(n + 1, dtype=torch.float64) / n
+    for rho in (1.0, 2.0, 0.5):
+        g = PolyExponentialGrid(rho)(sde, n, t_end)
+        want = ends[1] + (1 - i) ** rho * (ends[0] - ends[1])
+        torch.testing.assert_close(torch.log(_sigma_tilde(sde, g)), want, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(PolyExponentialGrid()(sde, n, t_end), LogSNRGrid()(sde, n, t_end),
+                               rtol=1e-12, atol=1e-12)
+    # rho > 1 concentrates the points near t_end
+    near = [int((g(sde, n, t_end) < 0.1).sum()) for g in (PolyExponentialGrid(3.0), LogSNRGrid())]
+    assert near[0] > near[1]
+    assert GRIDS["polyexponential"] is PolyExponentialGrid
+    assert repr(PolyExponentialGrid(2)) == "PolyExponentialGrid(rho=2.0)"
+    for rho in (0.0, -1.0):
+        with pytest.raises(ValueError, match="rho"):
+            PolyExponentialGrid(rho)
+
+
+def test_dpm_solver_skip_types_are_our_grids():
+    """DPM-Solver's skip types (Lu et al. 2022, `get_time_steps`): 'time_uniform' =
+    linspace(T, t_end), 'time_quadratic' = linspace(sqrt T, sqrt t_end)^2, 'logSNR' = lambda^-1 of
+    linspace(lambda(T), lambda(t_end)): our uniform, quadratic and logsnr grids."""
+    sde = sd.VPSDE()
+    n, t_end = 12, 1e-3
+    torch.testing.assert_close(UniformGrid()(sde, n, t_end),
+                               torch.linspace(1.0, t_end, n + 1, dtype=torch.float64))
+    torch.testing.assert_close(QuadraticGrid()(sde, n, t_end),
+                               torch.linspace(1.0, t_end ** 0.5, n + 1, dtype=torch.float64) ** 2)
+    lam = sde.log_snr(torch.tensor([1.0, t_end], dtype=torch.float64))
+    torch.testing.assert_close(LogSNRGrid()(sde, n, t_end),
+                               sde.log_snr_inverse(torch.linspace(float(lam[0]), float(lam[1]), n + 1,
+                                                                  dtype=torch.float64)))
 
 
 # ------------------------------------------------------------------------------------------

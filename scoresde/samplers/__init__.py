@@ -2,7 +2,16 @@
 registry (`SOLVERS`), one entry point (`sample`)."""
 
 from ..dynamics import tweedie_denoise
-from . import ancestral, ddim, dpm_solver, euler_maruyama, heun, pc, pf_ode, torchsde_solver  # noqa: F401
+from . import (  # noqa: F401
+    ancestral,
+    ddim,
+    dpm_solver,
+    euler_maruyama,
+    heun,
+    pc,
+    pf_ode,
+    torchsde_solver,
+)
 from .ancestral import Ancestral
 from .base import (
     AdaptiveSolver,
@@ -15,7 +24,16 @@ from .base import (
 from .ddim import DDIM
 from .dpm_solver import DPMSolverPP2M
 from .euler_maruyama import EulerMaruyama
-from .grids import GRIDS, KarrasGrid, LogSNRGrid, QuadraticGrid, TimeGrid, UniformGrid, get_grid
+from .grids import (
+    GRIDS,
+    KarrasGrid,
+    LogSNRGrid,
+    PolyExponentialGrid,
+    QuadraticGrid,
+    TimeGrid,
+    UniformGrid,
+    get_grid,
+)
 from .heun import Heun
 from .pc import PredictorCorrector
 from .pf_ode import ProbabilityFlowODE
@@ -29,4 +47,5 @@ __all__ = [
     "tweedie_denoise", "GRIDS", "TimeGrid", "UniformGrid", "QuadraticGrid", "LogSNRGrid",
     "KarrasGrid", "get_grid", "EulerMaruyama", "Ancestral", "DDIM", "ProbabilityFlowODE",
     "Heun", "PredictorCorrector", "TorchSDE", "DPMSolverPP2M",
+    "PolyExponentialGrid",
 ]

@@ -101,7 +101,7 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
     - ``t_end``: end time, default ``model.sde.sample_eps`` (with an explicit grid: its last
       entry; a ``t_end`` that differs from it is a ``ValueError``).
     - ``grid``: a name in `GRIDS` (``"uniform"``, ``"quadratic"``, ``"logsnr"``,
-      ``"karras"``), a `TimeGrid`, or an explicit 1-d floating tensor of
+      ``"karras"``, ``"polyexponential"``), a `TimeGrid`, or an explicit 1-d floating tensor of
       strictly decreasing times in ``(0, T]`` (used as float64): its first entry may be below
       ``T`` -- sampling then starts there, from ``x_T`` (drawn from the prior if not given), as
       SDEdit and diffusers' "leading" spacing do; its ``len(grid) - 1`` steps must cost exactly
