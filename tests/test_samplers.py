@@ -70,6 +70,8 @@ SOLVER_CASES = [
     ("torchsde-euler", "torchsde", {"method": "euler"}),
     ("torchsde-srk", "torchsde", {"method": "srk"}),
     ("torchsde-reversible_heun", "torchsde", {"method": "reversible_heun"}),
+    # the few-step solvers (their own checks: tests/test_fewstep_solvers.py)
+    ("dpm_solver_3m", "dpm_solver_3m", {}),
 ]
 # Further methods/options whose cost formula differs: NFE accounting covers them too.
 EXTRA_CASES = [

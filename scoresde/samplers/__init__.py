@@ -6,6 +6,7 @@ from . import (  # noqa: F401
     ancestral,
     ddim,
     dpm_solver,
+    dpm_solver_3m,
     euler_maruyama,
     heun,
     pc,
@@ -23,6 +24,7 @@ from .base import (
 )
 from .ddim import DDIM
 from .dpm_solver import DPMSolverPP2M
+from .dpm_solver_3m import DPMSolverPP3M
 from .euler_maruyama import EulerMaruyama
 from .grids import (
     GRIDS,
@@ -47,5 +49,5 @@ __all__ = [
     "tweedie_denoise", "GRIDS", "TimeGrid", "UniformGrid", "QuadraticGrid", "LogSNRGrid",
     "KarrasGrid", "get_grid", "EulerMaruyama", "Ancestral", "DDIM", "ProbabilityFlowODE",
     "Heun", "PredictorCorrector", "TorchSDE", "DPMSolverPP2M",
-    "PolyExponentialGrid",
+    "PolyExponentialGrid", "DPMSolverPP3M",
 ]
