@@ -72,6 +72,8 @@ SOLVER_CASES = [
     ("torchsde-reversible_heun", "torchsde", {"method": "reversible_heun"}),
     # the few-step solvers (their own checks: tests/test_fewstep_solvers.py)
     ("dpm_solver_3m", "dpm_solver_3m", {}),
+    ("dpm_solver_sde", "dpm_solver_sde", {}),
+    ("dpm_solver_sde-3m", "dpm_solver_sde", {"solver_order": 3}),
 ]
 # Further methods/options whose cost formula differs: NFE accounting covers them too.
 EXTRA_CASES = [

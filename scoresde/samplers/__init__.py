@@ -7,6 +7,7 @@ from . import (  # noqa: F401
     ddim,
     dpm_solver,
     dpm_solver_3m,
+    dpm_solver_sde,
     euler_maruyama,
     heun,
     pc,
@@ -25,6 +26,7 @@ from .base import (
 from .ddim import DDIM
 from .dpm_solver import DPMSolverPP2M
 from .dpm_solver_3m import DPMSolverPP3M
+from .dpm_solver_sde import DPMSolverPPSDE
 from .euler_maruyama import EulerMaruyama
 from .grids import (
     GRIDS,
@@ -49,5 +51,5 @@ __all__ = [
     "tweedie_denoise", "GRIDS", "TimeGrid", "UniformGrid", "QuadraticGrid", "LogSNRGrid",
     "KarrasGrid", "get_grid", "EulerMaruyama", "Ancestral", "DDIM", "ProbabilityFlowODE",
     "Heun", "PredictorCorrector", "TorchSDE", "DPMSolverPP2M",
-    "PolyExponentialGrid", "DPMSolverPP3M",
+    "PolyExponentialGrid", "DPMSolverPP3M", "DPMSolverPPSDE",
 ]
