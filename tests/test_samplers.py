@@ -71,6 +71,8 @@ SOLVER_CASES = [
     ("torchsde-srk", "torchsde", {"method": "srk"}),
     ("torchsde-reversible_heun", "torchsde", {"method": "reversible_heun"}),
     # the few-step solvers (their own checks: tests/test_fewstep_solvers.py)
+    ("unipc", "unipc", {}),
+    ("unipc-p3-eps", "unipc", {"solver_order": 3, "prediction": "eps"}),
     ("dpm_solver_3m", "dpm_solver_3m", {}),
     ("dpm_solver_sde", "dpm_solver_sde", {}),
     ("dpm_solver_sde-3m", "dpm_solver_sde", {"solver_order": 3}),

@@ -13,6 +13,7 @@ from . import (  # noqa: F401
     pc,
     pf_ode,
     torchsde_solver,
+    unipc,
 )
 from .ancestral import Ancestral
 from .base import (
@@ -44,6 +45,7 @@ from .pf_ode import ProbabilityFlowODE
 from .registry import SOLVERS, adaptive_solvers, make_solver, register_solver, solver_table
 from .sampling import SampleResult, sample
 from .torchsde_solver import TorchSDE
+from .unipc import UniPC
 
 __all__ = [
     "SOLVERS", "register_solver", "make_solver", "adaptive_solvers", "solver_table", "sample", "SampleResult",
@@ -51,5 +53,5 @@ __all__ = [
     "tweedie_denoise", "GRIDS", "TimeGrid", "UniformGrid", "QuadraticGrid", "LogSNRGrid",
     "KarrasGrid", "get_grid", "EulerMaruyama", "Ancestral", "DDIM", "ProbabilityFlowODE",
     "Heun", "PredictorCorrector", "TorchSDE", "DPMSolverPP2M",
-    "PolyExponentialGrid", "DPMSolverPP3M", "DPMSolverPPSDE",
+    "PolyExponentialGrid", "DPMSolverPP3M", "DPMSolverPPSDE", "UniPC",
 ]
