@@ -8,6 +8,7 @@ from . import (  # noqa: F401
     dpm_solver,
     dpm_solver_3m,
     dpm_solver_sde,
+    dpm_solver_singlestep,
     euler_maruyama,
     heun,
     pc,
@@ -28,6 +29,7 @@ from .ddim import DDIM
 from .dpm_solver import DPMSolverPP2M
 from .dpm_solver_3m import DPMSolverPP3M
 from .dpm_solver_sde import DPMSolverPPSDE
+from .dpm_solver_singlestep import DPMSolverSinglestep
 from .euler_maruyama import EulerMaruyama
 from .grids import (
     GRIDS,
@@ -53,5 +55,5 @@ __all__ = [
     "tweedie_denoise", "GRIDS", "TimeGrid", "UniformGrid", "QuadraticGrid", "LogSNRGrid",
     "KarrasGrid", "get_grid", "EulerMaruyama", "Ancestral", "DDIM", "ProbabilityFlowODE",
     "Heun", "PredictorCorrector", "TorchSDE", "DPMSolverPP2M",
-    "PolyExponentialGrid", "DPMSolverPP3M", "DPMSolverPPSDE", "UniPC",
+    "PolyExponentialGrid", "DPMSolverPP3M", "DPMSolverPPSDE", "UniPC", "DPMSolverSinglestep",
 ]
