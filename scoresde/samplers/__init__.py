@@ -5,6 +5,7 @@ from ..dynamics import tweedie_denoise
 from . import (  # noqa: F401
     ancestral,
     ddim,
+    deis,
     dpm_solver,
     dpm_solver_3m,
     dpm_solver_sde,
@@ -26,6 +27,7 @@ from .base import (
     StepContext,
 )
 from .ddim import DDIM
+from .deis import DEIS
 from .dpm_solver import DPMSolverPP2M
 from .dpm_solver_3m import DPMSolverPP3M
 from .dpm_solver_sde import DPMSolverPPSDE
@@ -55,5 +57,5 @@ __all__ = [
     "tweedie_denoise", "GRIDS", "TimeGrid", "UniformGrid", "QuadraticGrid", "LogSNRGrid",
     "KarrasGrid", "get_grid", "EulerMaruyama", "Ancestral", "DDIM", "ProbabilityFlowODE",
     "Heun", "PredictorCorrector", "TorchSDE", "DPMSolverPP2M",
-    "PolyExponentialGrid", "DPMSolverPP3M", "DPMSolverPPSDE", "UniPC", "DPMSolverSinglestep",
+    "PolyExponentialGrid", "DPMSolverPP3M", "DPMSolverPPSDE", "UniPC", "DPMSolverSinglestep", "DEIS",
 ]
