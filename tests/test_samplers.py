@@ -78,6 +78,7 @@ SOLVER_CASES = [
     ("dpm_solver_sde-3m", "dpm_solver_sde", {"solver_order": 3}),
     ("dpm_solver_singlestep", "dpm_solver_singlestep", {}),
     ("deis", "deis", {}),
+    ("ipndm", "ipndm", {}),
 ]
 # Further methods/options whose cost formula differs: NFE accounting covers them too.
 EXTRA_CASES = [

@@ -12,6 +12,7 @@ from . import (  # noqa: F401
     dpm_solver_singlestep,
     euler_maruyama,
     heun,
+    ipndm,
     pc,
     pf_ode,
     torchsde_solver,
@@ -44,6 +45,7 @@ from .grids import (
     get_grid,
 )
 from .heun import Heun
+from .ipndm import IPNDM
 from .pc import PredictorCorrector
 from .pf_ode import ProbabilityFlowODE
 from .registry import SOLVERS, adaptive_solvers, make_solver, register_solver, solver_table
@@ -57,5 +59,5 @@ __all__ = [
     "tweedie_denoise", "GRIDS", "TimeGrid", "UniformGrid", "QuadraticGrid", "LogSNRGrid",
     "KarrasGrid", "get_grid", "EulerMaruyama", "Ancestral", "DDIM", "ProbabilityFlowODE",
     "Heun", "PredictorCorrector", "TorchSDE", "DPMSolverPP2M",
-    "PolyExponentialGrid", "DPMSolverPP3M", "DPMSolverPPSDE", "UniPC", "DPMSolverSinglestep", "DEIS",
+    "PolyExponentialGrid", "DPMSolverPP3M", "DPMSolverPPSDE", "UniPC", "DPMSolverSinglestep", "DEIS", "IPNDM",
 ]
