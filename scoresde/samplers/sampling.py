@@ -106,7 +106,9 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
       ``T`` -- sampling then starts there, from ``x_T`` (drawn from the prior if not given), as
       SDEdit and diffusers' "leading" spacing do; its ``len(grid) - 1`` steps must cost exactly
       ``nfe`` (else `BudgetError`). Default: the solver's `default_grid` (``"logsnr"`` for
-      ``dpm_solver``, ``"uniform"`` otherwise).
+      ``dpm_solver`` and ``dpm_solver_sde``, ``"quadratic"`` for ``unipc``,
+      ``dpm_solver_3m``, ``dpm_solver_singlestep``, ``deis``, ``ipndm``, ``"uniform"``
+      otherwise).
     - ``denoise``: finish with Tweedie's step $\hat x_0 = (x + \sigma^2 s)/\alpha$ at
       ``t_end`` (one evaluation, counted in ``nfe``).
     - ``trajectory``: also return the states on the grid; ``progress``: show a tqdm bar.
