@@ -88,8 +88,9 @@ def tab_coefficients(sde: SDE, grid: torch.Tensor, order: int) -> list[list[floa
 class DEIS(FixedGridSolver):
     """tAB-DEIS of order ``solver_order`` (1-3, default 3); 1 evaluation per step."""
 
-    # quadratic: the best grid for it at 10-20 evaluations on both VP targets of the few-step
-    # table (docs/solvers.md, experiments/fewstep_table.py)
+    order = 3.0               # the default instance's; each instance sets its own
+    # quadratic: most often its best grid at 10-20 evaluations on the two VP targets of the
+    # few-step table (docs/solvers.md, experiments/fewstep_table.py)
     default_grid = "quadratic"
 
     def __init__(self, solver_order: int = 3) -> None:

@@ -68,8 +68,9 @@ class DPMSolverPP3M(FixedGridSolver):
     before (default True). The published weight is the default: it was the more accurate at
     10-50 evaluations on both targets of docs/solvers.md, although of lower order."""
 
-    # quadratic: the best grid for it at 10-20 evaluations on both VP targets of the few-step
-    # table (docs/solvers.md, experiments/fewstep_table.py)
+    order = 2.0               # the default instance's; each instance sets its own
+    # quadratic: most often its best grid at 10-20 evaluations on the two VP targets of the
+    # few-step table (docs/solvers.md, experiments/fewstep_table.py)
     default_grid = "quadratic"
 
     def __init__(self, second_difference: str = "published", lower_order_final: bool = True) -> None:

@@ -54,6 +54,8 @@ class DPMSolverPPSDE(FixedGridSolver):
     order 2 and ``"heun"`` for order 3). The declared `order` is 1 for ``eta > 0`` and
     ``solver_order`` for ``eta = 0``."""
 
+    order = 1.0               # the default instance's (eta=1); each instance sets its own
+    stochastic = True
     default_grid = "logsnr"   # dpm_solver's, so that eta=0 reproduces it with default arguments
 
     def __init__(self, solver_order: int = 2, eta: float = 1.0, s_noise: float = 1.0,

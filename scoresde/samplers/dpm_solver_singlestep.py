@@ -48,8 +48,10 @@ class DPMSolverSinglestep(FixedGridSolver):
 
     **Arguments:** ``solver_order``: 2 or 3 (default 3)."""
 
-    # quadratic: the best grid for it at 10-20 evaluations on both VP targets of the few-step
-    # table (docs/solvers.md, experiments/fewstep_table.py)
+    order = 3.0               # the default instance's; each instance sets its own
+    cost_per_step = 3
+    # quadratic: most often its best grid at 10-20 evaluations on the two VP targets of the
+    # few-step table (docs/solvers.md, experiments/fewstep_table.py)
     default_grid = "quadratic"
 
     def __init__(self, solver_order: int = 3) -> None:

@@ -44,8 +44,9 @@ class IPNDM(FixedGridSolver):
     """iPNDM of order ``solver_order`` (1-4, default 4) in $\\rho = \\sigma/\\alpha$; 1 evaluation
     per step."""
 
-    # quadratic: the best grid for it at 10-20 evaluations on both VP targets of the few-step
-    # table (docs/solvers.md, experiments/fewstep_table.py)
+    order = 2.0
+    # quadratic: most often its best grid at 10-20 evaluations on the two VP targets of the
+    # few-step table (docs/solvers.md, experiments/fewstep_table.py)
     default_grid = "quadratic"
 
     def __init__(self, solver_order: int = 4) -> None:

@@ -72,6 +72,14 @@ def _solve(a: list[list[float]], b: list[float]) -> list[float]:
     return x
 
 
+def _combine(rho: list[float], rks: list[float], cb: float, c0: float, new: float = 0.0
+             ) -> tuple[float, dict[int, float]]:
+    r"""$c_0 m_i - cB\,(\sum_k \rho_k (m_{i-k} - m_i)/r_k + \text{new}\,(m_{i+1} - m_i))$ as the
+    coefficient of $m_i$ and those of $m_{i-k}$ (by $k$); the new point's is added by the caller."""
+    prev = {k + 1: -cb * rho[k] / rks[k] for k in range(len(rks))}
+    return c0 - sum(prev.values()) + cb * new, prev
+
+
 @register_solver("unipc")
 class UniPC(FixedGridSolver):
     """UniPC: UniP-p predictor + UniC-p corrector; 1 evaluation per step, order p + 1.
@@ -80,11 +88,15 @@ class UniPC(FixedGridSolver):
     ``"bh2"`` ($B(h)$); ``prediction`` ``"x0"`` (data, default) or ``"eps"`` (noise);
     ``lower_order_final`` (default True).
 
-    Defaults (order 2, bh2, data prediction, lower-order final step, quadratic grid) are the
-    most accurate combination over 5-50 evaluations on the VP targets of docs/solvers.md."""
+    Defaults (order 2, bh2, data prediction, lower-order final step, quadratic grid) were
+    chosen on the two VP targets of docs/solvers.md: ``"bh1"`` and no lower-order final step
+    were worse at almost every budget; ``solver_order=3`` was better at 15-50 evaluations on
+    the 5-D target but worse at 8-10 on both; noise prediction was 2.7-5.4x better at 8-20 on
+    the 2-D target but 1.5-1.9x worse at 5-10 on the 5-D one and at 5 on both."""
 
-    # quadratic: the best grid for it at 10-20 evaluations on both VP targets of the few-step
-    # table (docs/solvers.md, experiments/fewstep_table.py)
+    order = 3.0               # the default instance's (solver_order=2); each instance sets its own
+    # quadratic: most often its best grid at 10-20 evaluations on the two VP targets of the
+    # few-step table (docs/solvers.md, experiments/fewstep_table.py)
     default_grid = "quadratic"
 
     def __init__(self, solver_order: int = 2, variant: str = "bh2", prediction: str = "x0",
@@ -104,51 +116,39 @@ class UniPC(FixedGridSolver):
         p = min(self.solver_order, i + 1)
         return min(p, n - i) if self.lower_order_final else p
 
-    def coefficients(self, lam: list[float], i: int, p: int) -> tuple[list[float], list[float]]:
-        r"""$(\rho^p, \rho^c)$ of step ``i`` with order ``p``, from the half log-SNRs ``lam``
-        ($\tilde\lambda$ at every grid point): lists of length $p - 1$ and $p$."""
-        h = lam[i + 1] - lam[i]
-        hh = -h if self.prediction == "x0" else h
+    def rhos(self, hh: float, rks: list[float], p: int) -> tuple[list[float], list[float]]:
+        r"""$(\rho^p, \rho^c)$ of a step of order ``p`` with $\hat h$ = ``hh`` and the ratios
+        ``rks`` $= (r_1, \dots, r_{p-1})$ of the previous points: lists of length $p - 1$, $p$."""
         b_h = hh if self.variant == "bh1" else math.expm1(hh)
-        rks = [(lam[i - k] - lam[i]) / h for k in range(1, p)] + [1.0]
-        h_phi_k = math.expm1(hh) / hh - 1.0                     # hh * phi_2(hh)
+        h_phi = math.expm1(hh) / hh - 1.0                       # hh * phi_2(hh)
         fact, b = 1, []
-        for j in range(1, p + 1):
-            b.append(h_phi_k * fact / b_h)
+        for j in range(1, p + 1):                               # b_j = j! hh phi_{j+1}(hh) / B(h)
+            b.append(h_phi * fact / b_h)
             fact *= j + 1
-            h_phi_k = h_phi_k / hh - 1.0 / fact
-        R = [[r ** (j - 1) for r in rks] for j in range(1, p + 1)]
+            h_phi = h_phi / hh - 1.0 / fact
+        R = [[r ** (j - 1) for r in [*rks, 1.0]] for j in range(1, p + 1)]
         rho_p = [] if p == 1 else ([0.5] if p == 2 else _solve([row[:-1] for row in R[:-1]], b[:-1]))
         rho_c = [0.5] if p == 1 else _solve(R, b)
         return rho_p, rho_c
 
     def init(self, ctx: StepContext, x: torch.Tensor) -> None:
+        """Plan every step on the host: the coefficients of $x_i$, $m_i$, $m_{i-k}$ (and of
+        the new point for the corrector) in the predictor and the corrector."""
         lam = [0.5 * v for v in ctx.lam]
-        n = ctx.n_steps
-        plan = []  # per step: (x coefficient, m_i coefficient, {k: coefficient of m_{i-k}}) x2
         x0 = self.prediction == "x0"
-        for i in range(n):
-            p = self.step_order(i, n)
-            rho_p, rho_c = self.coefficients(lam, i, p)
+        plan = []
+        for i in range(ctx.n_steps):
+            p = self.step_order(i, ctx.n_steps)
             h = lam[i + 1] - lam[i]
-            c_t = ctx.alpha[i + 1] if x0 else ctx.sigma[i + 1]
             hh = -h if x0 else h
-            b_h = hh if self.variant == "bh1" else math.expm1(hh)
-            cx = ctx.sigma[i + 1] / ctx.sigma[i] if x0 else ctx.alpha[i + 1] / ctx.alpha[i]
-            c0 = -c_t * math.expm1(hh)
             rks = [(lam[i - k] - lam[i]) / h for k in range(1, p)]
-
-            def combine(rho: list[float], c0: float = c0, rks: list[float] = rks,
-                        c_t: float = c_t, b_h: float = b_h) -> tuple[float, dict[int, float]]:
-                # - c_t B(h) sum_k rho_k (m_{i-k} - m_i)/r_k, as coefficients of m_i and m_{i-k}
-                prev = {k + 1: -c_t * b_h * rho[k] / rks[k] for k in range(len(rks))}
-                return c0 - sum(prev.values()), prev
-
-            pred = combine(rho_p)
-            corr = combine(rho_c[:-1])
-            # the corrector's new point: - c_t B(h) rho_c[-1] (m_{i+1} - m_i)
-            c_new = -c_t * b_h * rho_c[-1]
-            plan.append((cx, pred, (corr[0] - c_new, corr[1]), c_new))
+            rho_p, rho_c = self.rhos(hh, rks, p)
+            c_t = ctx.alpha[i + 1] if x0 else ctx.sigma[i + 1]
+            cb = c_t * (hh if self.variant == "bh1" else math.expm1(hh))            # c B(h)
+            cx = ctx.sigma[i + 1] / ctx.sigma[i] if x0 else ctx.alpha[i + 1] / ctx.alpha[i]
+            c0 = -c_t * math.expm1(hh)                          # DDIM's coefficient of m_i
+            plan.append((cx, _combine(rho_p, rks, cb, c0), _combine(rho_c[:-1], rks, cb, c0, rho_c[-1]),
+                         -cb * rho_c[-1]))
         ctx.state.update(plan=plan, m=[], next_m=None)
 
     def _m(self, ctx: StepContext, x: torch.Tensor, i: int) -> torch.Tensor:
