@@ -11,6 +11,7 @@ from . import (  # noqa: F401
     dpm_solver_sde,
     dpm_solver_singlestep,
     euler_maruyama,
+    ggf,
     heun,
     ipndm,
     pc,
@@ -34,6 +35,7 @@ from .dpm_solver_3m import DPMSolverPP3M
 from .dpm_solver_sde import DPMSolverPPSDE
 from .dpm_solver_singlestep import DPMSolverSinglestep
 from .euler_maruyama import EulerMaruyama
+from .ggf import GottaGoFast
 from .grids import (
     GRIDS,
     KarrasGrid,
@@ -60,4 +62,5 @@ __all__ = [
     "KarrasGrid", "get_grid", "EulerMaruyama", "Ancestral", "DDIM", "ProbabilityFlowODE",
     "Heun", "PredictorCorrector", "TorchSDE", "DPMSolverPP2M",
     "PolyExponentialGrid", "DPMSolverPP3M", "DPMSolverPPSDE", "UniPC", "DPMSolverSinglestep", "DEIS", "IPNDM",
+    "GottaGoFast",
 ]
