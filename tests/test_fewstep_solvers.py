@@ -576,3 +576,58 @@ def test_declarations():
         assert (s.order, s.stochastic, s.default_grid) == (order, stochastic, grid), (name, opts)
     assert "UniPC(solver_order=2, variant='bh2', prediction='x0', lower_order_final=True)" == repr(
         make_solver("unipc"))
+
+
+# ------------------------------------------------------------------------------------------
+# Gotta Go Fast: the adaptive SDE solver
+# ------------------------------------------------------------------------------------------
+def test_ggf_brownian_noise_is_unbiased_and_resampled_noise_is_not():
+    """With the noise of one Brownian path (a rejected step's noise is kept, through the
+    bridge) the adaptive solve samples the exact distribution at the default tolerance, and
+    is visibly biased at a loose one (the check has power); the paper's fresh noise per
+    attempt is biased even at the default tolerance: rejection filters the noise."""
+    model, stats, x_T = _dist_problem()
+    run = functools.partial(sd.sample, model, solver="ggf", nfe=None, x_T=x_T, generator=gen(3))
+    good = run()
+    assert stats.max_abs_z(good.x) < 5.0 and good.nfe < 200
+    assert stats.max_abs_z(run(rtol=1.0, atol=0.05).x) > 5.0
+    assert stats.max_abs_z(run(noise="resample").x) > 8.0
+
+
+def test_ggf_lands_on_t_end_and_counts_attempts():
+    _, model = _small_ggf_problem()
+    seen = []
+    inner = model.net
+
+    def net(x, t):
+        seen.append(t.clone())
+        return inner(x, t)
+
+    rec = sd.ScoreModel(net, model.sde, prediction=model.prediction)
+    x_T = model.sde.prior_sample((16, 2), gen(0), dtype=F64)
+    for noise in ("brownian", "resample"):
+        seen.clear()
+        res = sd.sample(rec, solver="ggf", nfe=None, x_T=x_T, generator=gen(1), noise=noise, denoise=False)
+        ts = torch.stack(seen)
+        assert res.nfe == len(seen) and res.nfe % 2 == 0                    # two stages per attempt
+        assert float(ts.min()) == T_END and float(ts.max()) == 1.0      # ends exactly on t_end
+        assert float(ts[-1].max()) == T_END                             # every sample got there
+    with pytest.raises(RuntimeError, match="did not reach t_end=0.001 within max_num_steps=3"):
+        sd.sample(model, solver="ggf", nfe=None, x_T=x_T, generator=gen(1), max_num_steps=3)
+
+
+@functools.cache
+def _small_ggf_problem():
+    gm = random_gm(2, 2, seed=1)
+    return gm, gm.as_model(sd.VPSDE())
+
+
+@pytest.mark.parametrize("opts, err, match", [
+    ({"noise": "fresh"}, ValueError, "noise"), ({"rtol": 0.0}, ValueError, "rtol"),
+    ({"safety": 0.0}, ValueError, "safety"), ({"safety": 1.5}, ValueError, "safety"),
+    ({"exponent": 0.0}, ValueError, "exponent"), ({"h_init": -1.0}, ValueError, "h_init"),
+    ({"max_num_steps": 0}, ValueError, "max_num_steps"),
+])
+def test_ggf_bad_options(opts, err, match):
+    with pytest.raises(err, match=match):
+        make_solver("ggf", **opts)
