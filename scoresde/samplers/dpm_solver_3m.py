@@ -40,7 +40,7 @@ $x_{i+1} = \frac{\sigma_{i+1}}{\sigma_i}x_i - \alpha_{i+1}\varphi_1\hat x_0^{(i)
 - \tfrac12\alpha_{i+1}\varphi_1 D_{1,0}$ (so the first two steps are `dpm_solver`'s).
 With ``lower_order_final=True`` (the default, as in the authors' code) the last step is first
 order and the one before at most second: a stabiliser for few steps (on the quadratic grid,
-whose last steps are long in $\lambda$, it divided the error by 2-7 at 5-10 evaluations on
+whose last steps are long in $\lambda$, it divided the error by 1.7-7 at 5-10 evaluations on
 the targets of docs/solvers.md); it did not change the measured orders (the last steps'
 local error is proportional to the change of $\hat x_0$ near $t_\text{end}$, which is
 small). Multistep: one evaluation per step.

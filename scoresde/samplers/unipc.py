@@ -25,7 +25,7 @@ code. The evaluation $m(x^p_{i+1}, t_{i+1})$ the corrector uses is the next step
 one evaluation per step. Warm-up: step $i$ has order $\min(p, i + 1)$; with
 ``lower_order_final`` (the default, as in the authors' code) also at most $n - i$, so the last
 step is first order. On the quadratic grid, whose last step is long in $\lambda$, this
-stabiliser cut the error by 1.5-7 at 5-100 evaluations on the targets of docs/solvers.md.
+stabiliser cut the error by 1.2-7 at 5-100 evaluations on the targets of docs/solvers.md.
 Formally it caps the global order at 2, but the last step's local error is proportional to
 the change of $\hat x_0$ over it, which is small near $t_\text{end}$: the measured slope is
 still 3 for $p = 2$ (VP, VE, 20-320 steps); for $p = 3$ it falls from 4 towards 3 once the
