@@ -70,6 +70,16 @@ SOLVER_CASES = [
     ("torchsde-euler", "torchsde", {"method": "euler"}),
     ("torchsde-srk", "torchsde", {"method": "srk"}),
     ("torchsde-reversible_heun", "torchsde", {"method": "reversible_heun"}),
+    # the few-step solvers (their own checks: tests/test_fewstep_solvers.py)
+    ("unipc", "unipc", {}),
+    ("unipc-p3-eps", "unipc", {"solver_order": 3, "prediction": "eps"}),
+    ("dpm_solver_3m", "dpm_solver_3m", {}),
+    ("dpm_solver_sde", "dpm_solver_sde", {}),
+    ("dpm_solver_sde-3m", "dpm_solver_sde", {"solver_order": 3}),
+    ("dpm_solver_singlestep", "dpm_solver_singlestep", {}),
+    ("deis", "deis", {}),
+    ("ipndm", "ipndm", {}),
+    ("ggf", "ggf", {}),
 ]
 # Further methods/options whose cost formula differs: NFE accounting covers them too.
 EXTRA_CASES = [
@@ -87,6 +97,8 @@ ADAPTIVE_CASES = [
     ("pf_ode-dopri5", "pf_ode", {"rtol": 1e-5, "atol": 1e-5}),
     ("pf_ode-bosh3", "pf_ode", {"method": "bosh3", "rtol": 1e-4, "atol": 1e-4}),
     ("torchsde-adaptive", "torchsde", {"rtol": 1e-2, "atol": 1e-2}),
+    ("ggf-adaptive", "ggf", {"rtol": 0.1, "atol": 0.01}),
+    ("ggf-adaptive-resample", "ggf", {"rtol": 0.1, "atol": 0.01, "noise": "resample"}),
 ]
 FIXED_GRID_CASES = [c for c in SOLVER_CASES if isinstance(make_solver(c[1], **c[2]), FixedGridSolver)]
 

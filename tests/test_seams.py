@@ -95,7 +95,7 @@ def test_every_registry_is_reachable_from_the_namespace():
     assert table["pf_ode"]["adaptive"] and not table["ddim"]["adaptive"]
     assert table["dpm_solver"]["default_grid"] == "logsnr"
     assert table["heun"]["cost"] == "2n - 1 evaluations for n steps"
-    assert sd.samplers.adaptive_solvers() == ["pf_ode", "torchsde"]
+    assert sd.samplers.adaptive_solvers() == ["ggf", "pf_ode", "torchsde"]
 
 
 @pytest.mark.parametrize("register", [sd.register_solver, sd.register_sde, sd.register_net,

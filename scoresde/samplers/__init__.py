@@ -2,7 +2,23 @@
 registry (`SOLVERS`), one entry point (`sample`)."""
 
 from ..dynamics import tweedie_denoise
-from . import ancestral, ddim, dpm_solver, euler_maruyama, heun, pc, pf_ode, torchsde_solver  # noqa: F401
+from . import (  # noqa: F401
+    ancestral,
+    ddim,
+    deis,
+    dpm_solver,
+    dpm_solver_3m,
+    dpm_solver_sde,
+    dpm_solver_singlestep,
+    euler_maruyama,
+    ggf,
+    heun,
+    ipndm,
+    pc,
+    pf_ode,
+    torchsde_solver,
+    unipc,
+)
 from .ancestral import Ancestral
 from .base import (
     AdaptiveSolver,
@@ -13,12 +29,18 @@ from .base import (
     StepContext,
 )
 from .ddim import DDIM
+from .deis import DEIS
 from .dpm_solver import DPMSolverPP2M
+from .dpm_solver_3m import DPMSolverPP3M
+from .dpm_solver_sde import DPMSolverPPSDE
+from .dpm_solver_singlestep import DPMSolverSinglestep
 from .euler_maruyama import EulerMaruyama
+from .ggf import GottaGoFast
 from .grids import (
     GRIDS,
     KarrasGrid,
     LogSNRGrid,
+    PolyExponentialGrid,
     QuadraticGrid,
     TimeGrid,
     UniformGrid,
@@ -26,11 +48,13 @@ from .grids import (
     register_grid,
 )
 from .heun import Heun
+from .ipndm import IPNDM
 from .pc import PredictorCorrector
 from .pf_ode import ProbabilityFlowODE
 from .registry import SOLVERS, adaptive_solvers, make_solver, register_solver, solver_table
 from .sampling import SampleResult, sample
 from .torchsde_solver import TorchSDE
+from .unipc import UniPC
 
 __all__ = [
     "SOLVERS", "register_solver", "make_solver", "adaptive_solvers", "solver_table", "sample", "SampleResult",
@@ -38,4 +62,6 @@ __all__ = [
     "tweedie_denoise", "GRIDS", "register_grid", "TimeGrid", "UniformGrid", "QuadraticGrid", "LogSNRGrid",
     "KarrasGrid", "get_grid", "EulerMaruyama", "Ancestral", "DDIM", "ProbabilityFlowODE",
     "Heun", "PredictorCorrector", "TorchSDE", "DPMSolverPP2M",
+    "PolyExponentialGrid", "DPMSolverPP3M", "DPMSolverPPSDE", "UniPC", "DPMSolverSinglestep", "DEIS", "IPNDM",
+    "GottaGoFast",
 ]

@@ -11,6 +11,13 @@ A grid is a decreasing float64 tensor of ``n_steps + 1`` times from $T$ down to 
   $\tilde\sigma = \sigma/\alpha = e^{-\lambda/2}$:
   $\tilde\sigma_i = (\tilde\sigma_{max}^{1/\rho} + \tfrac{i}{n}(\tilde\sigma_{min}^{1/\rho}
   - \tilde\sigma_{max}^{1/\rho}))^\rho$, $\rho = 7$, mapped back to $t$ through $\lambda^{-1}$.
+- `PolyExponentialGrid`: k-diffusion's ``get_sigmas_polyexponential``:
+  $\log\tilde\sigma_i = \log\tilde\sigma_{min} + (1 - \tfrac{i}{n})^\rho\,
+  (\log\tilde\sigma_{max} - \log\tilde\sigma_{min})$; $\rho = 1$ is `LogSNRGrid`.
+
+DPM-Solver's ``skip_type`` options ``"time_uniform"``, ``"time_quadratic"`` and ``"logSNR"``
+(Lu et al. 2022) are `UniformGrid`, `QuadraticGrid` and `LogSNRGrid`; k-diffusion's
+``get_sigmas_karras`` and ``get_sigmas_exponential`` are `KarrasGrid` and `LogSNRGrid`.
 """
 
 from __future__ import annotations
@@ -25,9 +32,8 @@ from ..validation import check_int
 
 Tensor = torch.Tensor
 
-__all__ = ["TimeGrid", "UniformGrid", "QuadraticGrid", "LogSNRGrid", "KarrasGrid", "GRIDS",
-           "register_grid",
-           "get_grid"]
+__all__ = ["TimeGrid", "UniformGrid", "QuadraticGrid", "LogSNRGrid", "KarrasGrid",
+           "PolyExponentialGrid", "GRIDS", "register_grid", "get_grid"]
 
 
 class TimeGrid(ABC):
@@ -107,9 +113,32 @@ class KarrasGrid(TimeGrid):
         return f"KarrasGrid(rho={self.rho})"
 
 
+class PolyExponentialGrid(TimeGrid):
+    """k-diffusion's polyexponential spacing of $\\tilde\\sigma = e^{-\\lambda/2}$ with exponent
+    ``rho`` (default 1, k-diffusion's; then it is `LogSNRGrid`, uniform in $\\log\\tilde\\sigma$):
+    $\\log\\tilde\\sigma_i = \\log\\tilde\\sigma_{min} + (1 - \\tfrac{i}{n})^\\rho
+    (\\log\\tilde\\sigma_{max} - \\log\\tilde\\sigma_{min})$; ``rho > 1`` puts more points near
+    $t_\\text{end}$."""
+
+    name = "polyexponential"
+
+    def __init__(self, rho: float = 1.0) -> None:
+        if not rho > 0:
+            raise ValueError(f"rho must be positive, got {rho}")
+        self.rho = float(rho)
+
+    def _grid(self, sde: SDE, n: int, t_end: float) -> Tensor:
+        lam = sde.log_snr(torch.tensor([sde.T, t_end], dtype=torch.float64))
+        ramp = torch.linspace(1.0, 0.0, n + 1, dtype=torch.float64) ** self.rho
+        return sde.log_snr_inverse(lam[1] + ramp * (lam[0] - lam[1]))   # lambda = -2 log(sigma~)
+
+    def __repr__(self) -> str:
+        return f"PolyExponentialGrid(rho={self.rho})"
+
+
 GRIDS: dict[str, type[TimeGrid]] = {
     "uniform": UniformGrid, "quadratic": QuadraticGrid, "logsnr": LogSNRGrid,
-    "karras": KarrasGrid,
+    "karras": KarrasGrid, "polyexponential": PolyExponentialGrid,
 }
 """Every registered time-grid rule, by name; `register_grid` adds one."""
 

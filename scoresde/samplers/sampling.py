@@ -10,7 +10,7 @@ import torch
 from ..dynamics import tweedie_denoise
 from ..models import ScoreModel, check_model
 from ..validation import check_batch, check_finite
-from .base import AdaptiveSolver, SamplingError, Solver
+from .base import AdaptiveSolver, BudgetError, SamplingError, Solver
 from .grids import TimeGrid, get_grid
 from .registry import adaptive_solvers, make_solver
 
@@ -33,8 +33,8 @@ class SampleResult:
     **Attributes:**
     - `x`: the samples, shape ``(B, *event_shape)``.
     - `nfe`: network evaluations actually used (counted by the model, denoising included).
-    - `times`: the time grid (float64, decreasing from ``T`` to ``t_end``; for an adaptive
-      solve, just ``[T, t_end]``).
+    - `times`: the time grid (float64 on the CPU, decreasing from ``T`` -- or from the first
+      entry of an explicit grid -- to ``t_end``; for an adaptive solve, just ``[T, t_end]``).
     - `trajectory`: the states on the grid, shape ``(len(times), B, ...)``, plus the denoised
       sample appended when ``denoise=True`` (``len(times) + 1`` entries), or ``None``
       unless asked for.
@@ -60,10 +60,37 @@ def _check_nfe(nfe: Any, denoise: bool) -> None:
                          f"(nfe >= {low})")
 
 
+def _explicit_grid(grid: Tensor, T: float) -> Tensor:
+    """An explicit grid of times checked and copied to a float64 CPU tensor: 1-d, floating,
+    at least two entries, finite, strictly decreasing, in ``(0, T]``."""
+    if not isinstance(grid, Tensor) or not grid.is_floating_point():
+        what = f"a tensor of dtype {grid.dtype}" if isinstance(grid, Tensor) else type(grid).__name__
+        raise TypeError(f"an explicit grid must be a floating-point tensor of times, got {what}")
+    if grid.dim() != 1 or grid.shape[0] < 2:
+        raise ValueError(f"an explicit grid must be 1-d with at least 2 times (one step), got shape "
+                         f"{tuple(grid.shape)}")
+    g = grid.detach().to(device="cpu", dtype=torch.float64).clone()
+    if not bool(torch.isfinite(g).all()):
+        raise ValueError("an explicit grid contains NaN/Inf")
+    if not bool((g[1:] < g[:-1]).all()):
+        k = int((g[1:] >= g[:-1]).nonzero()[0, 0])
+        raise ValueError(f"an explicit grid must be strictly decreasing; entries {k} and {k + 1} are "
+                         f"{float(g[k])!r} and {float(g[k + 1])!r}")
+    if float(g[0]) > T or float(g[-1]) <= 0.0:
+        raise ValueError(f"an explicit grid's times must lie in (0, T] = (0, {T}], got first "
+                         f"{float(g[0])!r} and last {float(g[-1])!r}")
+    return g
+
+
+def _grid_cost(slv: Solver, grid: Tensor, denoise: bool) -> int:
+    return slv.nfe_for_steps(grid.shape[0] - 1) + int(denoise)
+
+
 def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
            solver: str | Solver = "euler_maruyama", nfe: int | None = 100,
            generator: torch.Generator | None = None, x_T: Tensor | None = None, *,
-           t_end: float | None = None, grid: str | TimeGrid | None = None, denoise: bool = True,
+           t_end: float | None = None, grid: str | TimeGrid | Tensor | None = None,
+           denoise: bool = True,
            trajectory: bool = False, progress: bool = False, **options: Any) -> SampleResult:
     r"""Draw samples by solving the reverse SDE or the probability-flow ODE from ``T`` to
     ``t_end``.
@@ -78,10 +105,17 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
       ``torchsde``).
     - ``generator``: all randomness (prior draw and solver noise).
     - ``x_T``: starting noise (its dtype and device are kept); drawn from the prior if None.
-    - ``t_end``: end time, default ``model.sde.sample_eps``.
+    - ``t_end``: end time, default ``model.sde.sample_eps`` (with an explicit grid: its last
+      entry; a ``t_end`` that differs from it is a ``ValueError``).
     - ``grid``: a name in `GRIDS` (``"uniform"``, ``"quadratic"``, ``"logsnr"``,
-      ``"karras"``) or a `TimeGrid`; default: the solver's `default_grid` (``"logsnr"`` for
-      ``dpm_solver``, ``"uniform"`` otherwise).
+      ``"karras"``, ``"polyexponential"``), a `TimeGrid`, or an explicit 1-d floating tensor of
+      strictly decreasing times in ``(0, T]`` (used as float64): its first entry may be below
+      ``T`` -- sampling then starts there, from ``x_T`` (drawn from the prior if not given), as
+      SDEdit and diffusers' "leading" spacing do; its ``len(grid) - 1`` steps must cost exactly
+      ``nfe`` (else `BudgetError`). Default: the solver's `default_grid` (``"logsnr"`` for
+      ``dpm_solver`` and ``dpm_solver_sde``, ``"quadratic"`` for ``unipc``,
+      ``dpm_solver_3m``, ``dpm_solver_singlestep``, ``deis``, ``ipndm``, ``"uniform"``
+      otherwise).
     - ``denoise``: finish with Tweedie's step $\hat x_0 = (x + \sigma^2 s)/\alpha$ at
       ``t_end`` (one evaluation, counted in ``nfe``).
     - ``trajectory``: also return the states on the grid; ``progress``: show a tqdm bar.
@@ -95,6 +129,14 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
     check_model(model)
     slv = make_solver(solver, **options)
     sde = model.sde
+    explicit = _explicit_grid(grid, sde.T) if isinstance(grid, Tensor) else None
+    if explicit is not None:
+        last = float(explicit[-1])
+        # compared in the grid's own dtype, so a float32 grid built from t_end agrees with it
+        if t_end is not None and float(torch.tensor(float(t_end), dtype=grid.dtype)) != float(grid[-1]):
+            raise ValueError(f"t_end={t_end} disagrees with the explicit grid's last time {last!r}; "
+                             "leave t_end=None to use the grid's")
+        t_end = last
     t_end = sde.sample_eps if t_end is None else float(t_end)
     if not 0.0 < t_end < sde.T:
         raise ValueError(f"t_end must lie in (0, T) = (0, {sde.T}), got {t_end}")
@@ -116,6 +158,10 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
     start = model.n_evals
     with torch.no_grad():
         if nfe is None:
+            if explicit is not None:
+                raise ValueError(f"an explicit grid of {explicit.shape[0] - 1} steps needs the "
+                                 f"budget it costs, nfe={_grid_cost(slv, explicit, denoise)} "
+                                 f"(nfe=None is an adaptive solve)")
             if not (isinstance(slv, AdaptiveSolver) and slv.adaptive_capable):
                 raise ValueError(f"solver {slv.name!r} needs an NFE budget (nfe=None means an "
                                  f"adaptive solve, which only {adaptive_solvers()} support)")
@@ -126,11 +172,22 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
             path = None
         else:
             _check_nfe(nfe, denoise)
-            n_steps = slv.steps_for_nfe(nfe, extra=int(denoise))
-            if n_steps > MAX_STEPS:
-                raise ValueError(f"nfe={nfe} means {n_steps} steps of {slv.name!r}; at most "
-                                 f"{MAX_STEPS} steps are taken (about 200 MB of per-step "
-                                 "coefficients, and hours of sampling): use a smaller budget")
+            if explicit is not None:
+                cost = _grid_cost(slv, explicit, denoise)
+                if cost != nfe:
+                    raise BudgetError(f"an explicit grid of {explicit.shape[0] - 1} steps costs solver "
+                                      f"{slv.name!r} {cost} evaluations ({slv.cost_formula()}"
+                                      f"{' + 1 for the final denoising step' if denoise else ''}), "
+                                      f"not nfe={nfe}")
+                times = explicit
+                n_steps = explicit.shape[0] - 1
+            else:
+                n_steps = slv.steps_for_nfe(nfe, extra=int(denoise))
+                if n_steps > MAX_STEPS:
+                    raise ValueError(f"nfe={nfe} means {n_steps} steps of {slv.name!r}; at most "
+                                     f"{MAX_STEPS} steps are taken (about 200 MB of per-step "
+                                     "coefficients, and hours of sampling): use a smaller budget")
+                times = None
             if trajectory:
                 need = (n_steps + 2) * x_T.numel() * x_T.element_size()
                 if need > MAX_TRAJECTORY_BYTES:
@@ -138,7 +195,8 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
                                      f"{tuple(x_T.shape)} ({need / 2 ** 30:.1f} GiB, more than "
                                      f"{MAX_TRAJECTORY_BYTES / 2 ** 30:.0f} GiB); use fewer "
                                      "steps or a smaller batch")
-            times = get_grid(slv.default_grid if grid is None else grid)(sde, n_steps, t_end)
+            if times is None:
+                times = get_grid(slv.default_grid if grid is None else grid)(sde, n_steps, t_end)
             x, path = slv.solve(model, x_T, times, generator, trajectory=trajectory,
                                 progress=progress)
         if denoise:

@@ -148,6 +148,9 @@ class TorchSDE(AdaptiveSolver):
     def solve(self, model: ScoreModel, x: Tensor, grid: Tensor,
               generator: torch.Generator | None = None, *, trajectory: bool = False,
               progress: bool = False) -> tuple[Tensor, Tensor | None]:
+        if float(grid[0]) != model.sde.T:
+            raise ValueError(f"the 'torchsde' solver starts at T = {model.sde.T}; a grid starting at "
+                             f"t = {float(grid[0])!r} needs a fixed-grid solver or 'pf_ode'")
         n = grid.shape[0] - 1
         steps = grid[:-1] - grid[1:]
         if not torch.allclose(steps, steps.mean().expand(n), rtol=1e-6, atol=1e-12):
