@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -263,15 +264,9 @@ def _median_pairwise_distance(z: Tensor) -> Tensor:
         z = z[idx]
         k = z.shape[0]
     v = torch.nn.functional.pdist(z)        # |z_i - z_j| for i < j, the same values as cdist
-    # torch.median would return the lower middle value; use the usual midpoint average, by
-    # selection (kthvalue, linear time) rather than a full sort.
-    m = v.shape[0]
-    lo = torch.kthvalue(v, (m + 1) // 2).values
-    if m % 2:
-        return lo
-    above = v[v > lo]
-    hi = lo if int((v <= lo).sum()) > m // 2 or above.numel() == 0 else above.min()
-    return 0.5 * (lo + hi)
+    # numpy's median: the midpoint of the two middle values, by selection (linear time)
+    return torch.as_tensor(float(np.median(v.detach().cpu().numpy())), dtype=z.dtype,
+                           device=z.device)
 
 
 def mmd(
@@ -439,8 +434,9 @@ def kernel_stein_discrepancy(
     - ``"rbf"``: $k = \exp(-|r|^2/(2h^2))$; $u_p = k\,[s_x^\top s_y
       + (s_x - s_y)^\top r / h^2 + D/h^2 - |r|^2/h^4]$.
 
-    The scale ($c$ or $h$) is ``bandwidth``, by default the median pairwise distance of
-    ``x`` (the median heuristic, as in :func:`mmd`).
+    The scale ($c$ or $h$) is ``bandwidth``; by default $c = 1$ for IMQ (Gorham & Mackey's
+    choice) and, for RBF, $h$ = the median pairwise distance of ``x`` (the median heuristic,
+    as in :func:`mmd`).
 
     **Caveat.** Score-based discrepancies are nearly blind to the *weights* of
     well-separated mixture components (Wenliang & Kanagawa 2020, "Blindness of score-based
@@ -453,7 +449,8 @@ def kernel_stein_discrepancy(
     - ``x``: samples, shape ``(n, D)``, ``n >= 2``.
     - ``score``: $s_p(x)$ as a tensor of the shape of ``x``, or a callable ``x -> score``
       (e.g. ``GaussianMixture.data_score``).
-    - ``kernel``: ``"imq"`` or ``"rbf"``; ``bandwidth``: $c$ or $h > 0$, or ``None``;
+    - ``kernel``: ``"imq"`` or ``"rbf"``; ``bandwidth``: $c$ or $h > 0$, or ``None`` (the
+      defaults above);
       ``beta``: the IMQ exponent in $(-1, 0)$.
 
     **Returns:** 0-d tensor (dtype and device of ``x``).
@@ -471,7 +468,9 @@ def kernel_stein_discrepancy(
     if not bool(torch.isfinite(s).all()):
         raise ValueError("score must be finite")
     n, d = x.shape
-    if bandwidth is None:
+    if bandwidth is None and kernel == "imq":
+        h = torch.ones((), dtype=x.dtype, device=x.device)
+    elif bandwidth is None:
         h = _median_pairwise_distance(x)
         if not bool(h > 0):
             raise ValueError("median heuristic gave bandwidth 0; pass an explicit bandwidth > 0")
