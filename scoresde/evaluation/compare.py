@@ -72,7 +72,7 @@ from ..analytic import GaussianMixture
 from ..files import atomic_folder, check_output_folder
 from ..samplers import GRIDS, BudgetError, SamplingError, sample
 from ..validation import check_int, check_real
-from .metrics import METRICS, kernel_stein_discrepancy, mean_cov_errors
+from .metrics import METRICS, kernel_stein_discrepancy, mean_cov_errors, noise_floor
 from .report import versions, write_csv, write_json, write_report
 from .specs import SolverSpec, default_solvers
 from .stats import Verdict, compare_to_leader, ratio_interval, t_interval, welch_difference
@@ -195,12 +195,12 @@ class Comparison:
         return marks
 
     # ----- tables ------------------------------------------------------------------------
-    def headline(self, metric: str = "sw2") -> str:
+    def headline(self, metric: str = "sw2", legend: bool = True) -> str:
         """Markdown table: ``metric`` for each solver (rows) and budget (columns), as mean ±
         half-width of the 95% interval over the replicates, in units of the noise floor when
         the metric has a positive floor; the NFE used in parentheses where it is below the
         column's budget (``at_most`` budgets); flags ↓ (below the noise floor) and ⊙
-        (concentrated or narrow, exact targets)."""
+        (concentrated or narrow, exact targets). ``legend``: add the `legend` text under it."""
         budgets = self.config["budgets"]
         lines = ["| solver | grid | " + " | ".join(f"NFE {b}" for b in budgets) + " |",
                  "|---|---|" + "---|" * len(budgets)]
@@ -225,8 +225,8 @@ class Comparison:
                     c += f" ({r['nfe']})"
                 cells.append(c)
             lines.append(f"| {lab} | {rs[0].get('grid_used', '')} | " + " | ".join(cells) + " |")
-        lines.append("")
-        lines.append(self.legend(metric))
+        if legend:
+            lines += ["", self.legend(metric)]
         return "\n".join(lines)
 
     def legend(self, metric: str = "sw2") -> str:
@@ -355,16 +355,24 @@ def _score(x: Tensor, ref: Tensor, exact: GaussianMixture | None, metric_seed: i
     return out
 
 
-def _exact_scores(x64: Tensor, exact: GaussianMixture) -> dict[str, float]:
+def _exact_scores(x64: Tensor, exact: GaussianMixture, only: str | None = None
+                  ) -> dict[str, float] | float:
+    """The `EXACT_METRICS` of samples ``x64`` (event shape), or just the one named ``only``."""
     flat = x64.reshape(x64.shape[0], -1)
-    errs = mean_cov_errors(flat, exact.mean, exact.covariance)
-    xc = flat - flat.mean(0)
-    var = float(xc.square().sum() / (flat.shape[0] - 1))
-    score = exact.data_score(x64).reshape(flat.shape)
-    return {"avg_logp": float(exact.log_prob(x64).mean()),
-            "ksd": float(kernel_stein_discrepancy(flat, score)),
-            "mean_error": float(errs["mean_error"]), "cov_error": float(errs["cov_error"]),
-            "var_ratio": var / float(torch.trace(exact.covariance))}
+    fns = {
+        "avg_logp": lambda: float(exact.log_prob(x64).mean()),
+        "ksd": lambda: float(kernel_stein_discrepancy(flat, exact.data_score(x64).reshape(
+            flat.shape))),
+        "mean_error": lambda: float(mean_cov_errors(flat, exact.mean, exact.covariance
+                                                    )["mean_error"]),
+        "cov_error": lambda: float(mean_cov_errors(flat, exact.mean, exact.covariance
+                                                   )["cov_error"]),
+        "var_ratio": lambda: float((flat - flat.mean(0)).square().sum() / (flat.shape[0] - 1))
+        / float(torch.trace(exact.covariance)),
+    }
+    if only is not None:
+        return fns[only]()
+    return {k: f() for k, f in fns.items()}
 
 
 def _summarise(row: dict[str, Any], reps: list[dict[str, float]], floors: dict[str, dict[str, Any]],
@@ -486,18 +494,23 @@ def compare(target: Target, solvers: Sequence[str | SolverSpec] | None = None,
 
 def _floors(target: Target, n: int, repeats: int, seed: int, metric_seed: int,
             level: float) -> dict[str, dict[str, Any]]:
-    """Every score between pairs of independent exact sets of size n."""
-    vals: dict[str, list[float]] = {}
-    for j in range(repeats):
-        g = replicate_generator(seed, j, _FLOOR)
-        x, y = target.sample(n, g).double(), target.sample(n, g).double()
-        for k, v in _score(x, y, target.exact, metric_seed, None).items():
-            vals.setdefault(k, []).append(v)
+    """Every score between pairs of independent exact sets of size n (`noise_floor`; the
+    same pairs for every score)."""
+    def draw(m: int, g: torch.Generator) -> Tensor:
+        return target.sample(m, g).double()
+
+    fns: dict[str, Any] = {k: (lambda x, y, m=m: m(x.reshape(x.shape[0], -1),
+                                                  y.reshape(y.shape[0], -1), metric_seed))
+                           for k, m in METRICS.items()}
+    if target.exact is not None:
+        for k in EXACT_METRICS:
+            fns[k] = lambda x, y, k=k: _exact_scores(x, target.exact, only=k)
     out = {}
-    for k, v in vals.items():
+    for k, fn in fns.items():
+        nf = noise_floor(fn, draw, n, replicate_generator(seed, 0, _FLOOR), repeats=repeats)
+        v = nf.values.tolist()
         ci = t_interval(v, level)
-        out[k] = {"mean": ci.mean, "std": float(np.std(v, ddof=1)), "low": ci.low,
-                  "high": ci.high, "values": v}
+        out[k] = {"mean": ci.mean, "std": nf.std, "low": ci.low, "high": ci.high, "values": v}
     return out
 
 
@@ -556,9 +569,10 @@ def _run(target: Target, specs: list[SolverSpec], budgets: list[int], out: Path 
         if cell:
             rows.append(row)
         if out is not None:
-            with open(out / "rows.jsonl", "a") as f:
-                f.write(json.dumps(row, default=str) + "\n")
-            write_csv(out / "results.csv", rows)
+            if cell:
+                with open(out / "rows.jsonl", "a") as f:
+                    f.write(json.dumps(row, default=str) + "\n")
+                write_csv(out / "results.csv", rows)
             write_csv(out / "replicates.csv", rep_rows)
 
     def split(x: Tensor) -> list[Tensor]:

@@ -179,7 +179,9 @@ def write_report(comp: Any, model: ScoreModel, ref: Tensor,
     lines = [f"# Sampler comparison: {cfg['target']}", "", f"{cfg['target_description']}.", "",
              *_design(cfg, specs), "",
              "## Headline: sliced W2 / noise floor (1.00 = as close as exact samples)", "",
-             comp.headline("sw2"), "", comp.verdict_line("sw2"), "",
+             comp.headline("sw2"), "", "The other tables below read the same way (mean ± "
+             "95% half-width over the replicates; marks as above; raw values where the metric "
+             "has no positive floor).", "", comp.verdict_line("sw2"), "",
              "### Paired differences between the leading solvers", "",
              "Differences of sliced W2 per replicate (same x_T, same reference set), mean and "
              "95% t-interval; Holm-adjusted p-values over the comparisons with the leader at "
@@ -196,25 +198,25 @@ def write_report(comp: Any, model: ScoreModel, ref: Tensor,
                   "solve of the same model from the same x_T (stochastic solvers follow other "
                   "paths and have none). It measures the solver, not the model: on a trained "
                   "network it is zero for a perfect solver however wrong the network is.", "",
-                  comp.headline("pathwise"), "", comp.verdict_line("pathwise"), ""]
+                  comp.headline("pathwise", legend=False), "", comp.verdict_line("pathwise"), ""]
     if "avg_logp" in has:
         lines += ["## Exact target: concentration, dispersion and Stein discrepancy", "",
                   f"Exact log-density gap E_q log p − E_p log p (nats; E_p log p = "
                   f"{cfg.get('target_avg_logp', math.nan):.4f} from the floor's exact sets). "
                   "Positive means the samples sit in higher-density regions than exact samples: "
                   "over-concentration, which implies a lower entropy than the target's.", "",
-                  comp.headline("avg_logp"), "",
+                  comp.headline("avg_logp", legend=False), "",
                   "Variance ratio tr Cov(samples) / tr Cov(target) (1 = right overall spread):",
-                  "", comp.headline("var_ratio"), "",
+                  "", comp.headline("var_ratio", legend=False), "",
                   "Kernel Stein discrepancy² (U-statistic, IMQ kernel, exact data score; 0 in "
                   "expectation for exact samples, no reference set). Score-based discrepancies "
                   "are nearly blind to the weights of well-separated modes: read it with the "
-                  "distances.", "", comp.headline("ksd"), "", comp.verdict_line("ksd"), ""]
+                  "distances.", "", comp.headline("ksd", legend=False), "", comp.verdict_line("ksd"), ""]
     others = [k for k in METRICS if k != "sw2"]
     if others:
         lines += ["## Other distances to the reference sets", ""]
         for k in others:
-            lines += [f"### {METRICS[k].title}", "", comp.headline(k), ""]
+            lines += [f"### {METRICS[k].title}", "", comp.headline(k, legend=False), ""]
     lines += ["## Noise floors", "", "| score | mean | 95% CI | std of one pair | pairs |",
               "|---|---|---|---|---|"]
     for k, v in floors.items():
