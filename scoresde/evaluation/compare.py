@@ -287,8 +287,14 @@ class Comparison:
         if not vs:
             return f"Verdict ({metric}): nothing to compare."
         parts = []
+        unit = self._unit(metric) or 1.0
         for b, v in vs.items():
             txt = v.text()
+            if v.best is not None and v.differences:
+                lab, (d, _) = next(iter(v.differences.items()))
+                txt += (f" (runner-up {lab} worse by {d.mean / unit:.2g}, 95% CI "
+                        f"[{d.low / unit:.2g}, {d.high / unit:.2g}]"
+                        f"{' floor units' if self._unit(metric) else ''})")
             flagged = [lab for lab in v.group if self._marks(self.cell(lab, b) or {}, metric)]
             if flagged:
                 txt += " (flagged: " + ", ".join(
