@@ -208,6 +208,24 @@ class GaussianMixture:
         lj, _ = self._logjoint(xf, one, 0.0 * one)
         return torch.logsumexp(lj, dim=1)
 
+    def data_score(self, x: Tensor) -> Tensor:
+        r"""Exact score of the data distribution itself, $\nabla_x \log p_0(x) =
+        -\sum_k r_k(x)\,\Sigma_k^{-1}(x - \mu_k)$, shape of `x`.
+
+        This is [`score`][scoresde.analytic.GaussianMixture.score] at $\alpha = 1$,
+        $\sigma = 0$, which no SDE reaches at a time in its range (VE has
+        $\sigma(0) = \sigma_\text{min} > 0$); it needs positive-definite covs, like
+        [`log_prob`][scoresde.analytic.GaussianMixture.log_prob], whose gradient it is.
+        """
+        if not bool((self._evals > 0).all()):
+            raise ValueError("data_score needs positive-definite covs; this mixture is degenerate")
+        xf = self._flat(x)
+        one = torch.ones((), dtype=x.dtype, device=x.device)
+        lj, scaled = self._logjoint(xf, one, 0.0 * one)
+        w = (torch.softmax(lj, dim=1).unsqueeze(-1) * scaled).reshape(xf.shape[0], -1)
+        u_all, _ = self._rotation(xf)
+        return -(w @ u_all.T).reshape(x.shape)
+
     def _coefs(self, x: Tensor, t: float | Tensor, sde: SDE) -> tuple[Tensor, Tensor]:
         t = as_time(t, x.shape[0], x, T=sde.T)
         c = sde.coefficients(t)

@@ -102,12 +102,19 @@ def cmd_compare(a: argparse.Namespace) -> int:
         target = builtin_target(a.target, _sde(a.sde))
     budgets = a.nfe or list(DEFAULT_BUDGETS)
     _result_folder(a.out, a.overwrite)            # refuse a non-empty --out before any work
-    comp = compare(target, a.solvers, budgets, n=a.n, seed=a.seed, t_end=a.t_end,
-                   out_dir=a.out, floor_repeats=a.floor_repeats, progress=not a.no_progress,
+    comp = compare(target, a.solvers, budgets, n=a.n, replicates=a.replicates,
+                   budget_mode=a.budget_mode.replace("-", "_"), grids=a.grids, seed=a.seed,
+                   t_end=a.t_end, out_dir=a.out, floor_repeats=a.floor_repeats,
+                   pathwise=not a.no_pathwise, reference_tol=a.reference_tol,
+                   dtype=getattr(torch, a.dtype), progress=not a.no_progress,
                    command=_command(), overwrite=a.overwrite)
     out = Path(a.out)
-    print(f"\nsliced W2 / noise floor ({target.name}; 1.0 = as close as two exact sample sets):\n")
+    print(f"\nsliced W2 / noise floor ({target.name}; 1.00 = as close as exact samples):\n")
     print(comp.headline("sw2"))
+    print("\n" + comp.verdict_line("sw2"))
+    grid_txt = comp.grid_tables("sw2")
+    if grid_txt:
+        print("\nsolver x grid (sliced W2 / noise floor):\n\n" + grid_txt)
     print(f"\nreport: {out / 'report.md'}")
     return 0
 
@@ -254,9 +261,7 @@ def cmd_likelihood(a: argparse.Namespace) -> int:
 
 
 # ----- demo ------------------------------------------------------------------------------
-def _winners(comp: Any) -> str:
-    return "Lowest SW2 at each budget: " + ", ".join(
-        f"NFE {b}: {s}" for b, s in comp.winners("sw2").items())
+DEMO_BUDGETS = (10, 20, 50, 100, 200)
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
@@ -274,12 +279,16 @@ def _demo(a: argparse.Namespace, work: Path, out: Path) -> tuple[float, list[str
     from .evaluation.compare import builtin_target, checkpoint_target, compare
 
     t_start = time.perf_counter()
-    n, steps = (200, 60) if a.quick else (a.n, a.steps)
-    budgets = (6, 12) if a.quick else (10, 20, 50, 100, 250, 1000)
+    n, steps, reps = (200, 60, 3) if a.quick else (a.n, a.steps, a.replicates)
+    budgets = (6, 12) if a.quick else DEMO_BUDGETS
     prog = not a.no_progress
-    print(f"[1/4] comparing samplers on the exact 8-Gaussians score ({out / 'exact'})")
-    exact = compare(builtin_target("eight_gaussians"), None, budgets, n=n, seed=a.seed,
-                    out_dir=work / "exact", progress=prog, command=_command())
+    opts = dict(n=n, replicates=reps, seed=a.seed, progress=prog, command=_command(),
+                budget_mode="at_most", floor_repeats=3 if a.quick else 10,
+                reference_tol=1e-4 if a.quick else None)
+    print(f"[1/4] comparing samplers on the exact 8-Gaussians score, {reps} replicates of "
+          f"{n} samples ({out / 'exact'})")
+    exact = compare(builtin_target("eight_gaussians"), None, budgets, out_dir=work / "exact",
+                    **opts)
     print(f"[2/4] training an MLP score network on eight_gaussians, {steps} steps "
           f"({out / 'train'})")
     _, seconds = train_model("eight_gaussians", _out_dir(str(work / "train")), steps=steps,
@@ -287,33 +296,40 @@ def _demo(a: argparse.Namespace, work: Path, out: Path) -> tuple[float, list[str
     print(f"      trained in {seconds:.0f} s")
     print(f"[3/4] comparing samplers on the trained model ({out / 'trained'})")
     ckpt = work / "train" / "model.pt"
-    trained = compare(checkpoint_target(ckpt), None, budgets, n=n, seed=a.seed,
-                      out_dir=work / "trained", progress=prog, command=_command())
+    trained = compare(checkpoint_target(ckpt), None, budgets, out_dir=work / "trained", **opts)
     print("[4/4] PF-ODE likelihood of held-out data: trained model vs exact density")
     target = checkpoint_target(ckpt)
     x = sample_toy("eight_gaussians", 50 if a.quick else 500,
                    generator=torch.Generator().manual_seed(a.seed + 10_000))
     lik, _ = likelihood_table(target.model, x, target.exact, progress=prog)
     wall = time.perf_counter() - t_start
+    headline_title = ("Sliced W2 to held-out target samples divided by its noise floor (1.00 = "
+                      "as close as two exact sample sets; lower is better), mean ± 95% CI over "
+                      f"{reps} replicates")
     report = [
         "# scoresde demo", "", f"`{_command()}` — {wall:.0f} s wall time, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads.", "",
-        "## Samplers at equal NFE on the exact 8-Gaussians score",
-        "Sliced W2 to held-out target samples divided by its noise floor (1.0 = as close as two "
-        "exact sample sets; lower is better; — = budget the solver cannot meet exactly).", "",
-        exact.headline("sw2"), "", _winners(exact), "",
-        "Details and plots: [exact/report.md](exact/report.md)", "",
-        "## The same comparison on the trained MLP", "", trained.headline("sw2"), "",
-        _winners(trained), "",
+        "## Samplers at equal NFE on the exact 8-Gaussians score", "",
+        headline_title + ".", "", exact.headline("sw2"), "", exact.verdict_line("sw2"), "",
+        "Solver error alone (pathwise distance to a tight PF-ODE solve from the same x_T, "
+        "deterministic solvers):", "", exact.headline("pathwise", legend=False), "",
+        "Details, paired differences, exact log-density gaps, Stein discrepancies and plots: "
+        "[exact/report.md](exact/report.md)", "",
+        "## The same comparison on the trained MLP", "",
+        "Here the distances mix solver and model error; the pathwise error (same network, "
+        "tight solve) isolates the solver's part.", "",
+        trained.headline("sw2"), "", trained.verdict_line("sw2"), "",
+        trained.headline("pathwise", legend=False), "",
         "Details and plots: [trained/report.md](trained/report.md); training curve and learned vs "
         "exact score: [train/loss.png](train/loss.png), "
         "[train/score_field.png](train/score_field.png)", "",
         "## Likelihood of held-out data through the PF-ODE", "", lik, "",
     ]
     (work / "report.md").write_text("\n".join(report) + "\n")
-    lines = ["\nExact 8-Gaussians score (" + report[6] + "):\n",
-             exact.headline("sw2") + "\n" + _winners(exact),
-             "\nTrained model:\n\n" + trained.headline("sw2") + "\n" + _winners(trained),
+    lines = [f"\nExact 8-Gaussians score ({headline_title}):\n",
+             exact.headline("sw2") + "\n\n" + exact.verdict_line("sw2"),
+             f"\nTrained model ({headline_title}):\n\n" + trained.headline("sw2") + "\n\n"
+             + trained.verdict_line("sw2"),
              "\n" + lik]
     return wall, lines
 
@@ -341,10 +357,25 @@ def build_parser() -> argparse.ArgumentParser:
                    '"pf_ode:method=rk4" "pf_ode:adaptive=1" (default: each registered solver\'s '
                    "comparison line-up)")
     c.add_argument("--nfe", nargs="+", type=int, help="NFE budgets (default 10 20 50 100 250 1000)")
-    c.add_argument("--n", type=int, default=4000, help="samples per run")
+    c.add_argument("--budget-mode", choices=["at-most", "exact"], default="at-most",
+                   help="at-most (default): each solver at its largest budget <= K, the NFE it "
+                   "used shown; exact: exactly K, a budget a solver cannot meet is not run")
+    c.add_argument("--grids", nargs="+", metavar="GRID", help="run every solver without its "
+                   "own grid= on each of these time grids (uniform, quadratic, logsnr, karras, "
+                   "...): a solver x grid table")
+    c.add_argument("--n", type=int, default=2000, help="samples per replicate")
+    c.add_argument("--replicates", type=int, default=5, help="independent replicates (fresh "
+                   "x_T, solver noise and reference set each; >= 2): every number comes with "
+                   "a 95%% confidence interval over them")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--t-end", type=float, default=None)
-    c.add_argument("--floor-repeats", type=int, default=8)
+    c.add_argument("--floor-repeats", type=int, default=10,
+                   help="pairs of exact sample sets for the noise floors")
+    c.add_argument("--no-pathwise", action="store_true", help="skip the tight PF-ODE reference "
+                   "solve and the pathwise errors")
+    c.add_argument("--reference-tol", type=float, default=None, help="rtol = atol of the "
+                   "pathwise reference solve (default 1e-6 in float32, 1e-7 in float64)")
+    c.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     c.add_argument("--out", default="runs/compare")
     c.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     c.add_argument("--no-progress", action="store_true")
@@ -395,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     d.add_argument("--steps", type=int, default=8000, help="training steps")
-    d.add_argument("--n", type=int, default=2000, help="samples per comparison run")
+    d.add_argument("--n", type=int, default=500, help="samples per replicate")
+    d.add_argument("--replicates", type=int, default=5, help="replicates per comparison")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quick", action="store_true", help="a tiny run (for tests)")
     d.add_argument("--no-progress", action="store_true")

@@ -2,6 +2,7 @@
 interrupted runs keep their rows."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -20,7 +21,8 @@ def _run(argv, capsys):
 def test_compare_writes_tables_plots_and_marks_unreachable_budgets(tmp_path):
     solvers = ["euler_maruyama", "ddim", "heun", "pc", "pf_ode:adaptive=1,rtol=1e-3,atol=1e-3"]
     comp = compare(builtin_target("mixture2d"), solvers, [4, 5, 8], n=300, seed=1,
-                   out_dir=tmp_path, floor_repeats=3, progress=False, command="test")
+                   out_dir=tmp_path, floor_repeats=3, progress=False, command="test",
+                   budget_mode="exact", replicates=3)
     rows = comp.rows
     assert len(rows) == 1 + 4 * 3
     by = {(r["solver"], r["budget"]): r for r in rows}
@@ -32,27 +34,34 @@ def test_compare_writes_tables_plots_and_marks_unreachable_budgets(tmp_path):
     assert all(r["nfe"] == r["budget"] for r in ok if not r["adaptive"])
     for r in ok:
         assert r["sw2"] > 0 and r["sw2_floor"] > 0 and "avg_logp" in r and "cov_error" in r
-    for f in ("rows.jsonl", "results.csv", "results.json", "report.md", "error_vs_nfe_sw2.png",
-              "error_vs_nfe_mmd.png", "error_vs_nfe_energy.png", "samples_grid.png",
+        assert r["sw2_lo"] <= r["sw2"] <= r["sw2_hi"] and "ksd" in r and "logp_gap" in r
+        assert ("pathwise" in r) == (r["name"] in ("ddim", "heun", "pf_ode"))
+    for f in ("rows.jsonl", "results.csv", "replicates.csv", "results.json", "report.md",
+              "error_vs_nfe_sw2.png", "error_vs_nfe_mmd.png", "error_vs_nfe_energy.png",
+              "error_vs_nfe_pathwise.png", "error_vs_nfe_ksd.png", "samples_grid.png",
               "trajectories.png"):
         assert (tmp_path / f).is_file(), f
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["config"]["seed"] == 1 and saved["config"]["command"] == "test"
-    assert "torch" in saved["config"]["versions"]
+    assert saved["config"]["replicates"] == 3 and len(saved["replicates"]) == 3 * (1 + len(ok))
+    assert "torch" in saved["config"]["versions"] and saved["reference"]["nfe"] > 0
     report = (tmp_path / "report.md").read_text()
-    assert "noise floor" in report and "| heun |" in report and "—" in report
+    for part in ("noise floor", "| heun |", "—", "Verdict", "Paired differences", "pathwise",
+                 "Stein", "replicates"):
+        assert part in report, part
     assert isinstance(comp, Comparison) and set(comp.winners()) <= {4, 5, 8}
 
 
 def test_compare_errors_shrink_with_budget_on_exact_target():
-    comp = compare(builtin_target("mixture2d"), ["ddim"], [3, 40], n=1500, seed=0,
-                   floor_repeats=3, progress=False)
+    comp = compare(builtin_target("mixture2d"), ["ddim"], [3, 40], n=1000, seed=0,
+                   floor_repeats=3, replicates=2, progress=False)
     small, large = comp.rows
     assert large["cov_error"] < 0.25 * small["cov_error"]
     assert large["sw2"] < 0.25 * small["sw2"]
     assert abs(large["avg_logp"] - comp.config["target_avg_logp"]) < \
         abs(small["avg_logp"] - comp.config["target_avg_logp"])
     assert large["sw2_ratio"] < 3.0
+    assert large["pathwise"] < 0.1 * small["pathwise"] and large["ksd"] < small["ksd"]
 
 
 def test_interrupt_keeps_finished_rows(tmp_path, monkeypatch):
@@ -71,7 +80,7 @@ def test_interrupt_keeps_finished_rows(tmp_path, monkeypatch):
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt) as info:
         compare(builtin_target("mixture2d"), ["ddim", "euler_maruyama"], [4, 8], n=100,
-                out_dir=out, floor_repeats=2, progress=False)
+                out_dir=out, floor_repeats=2, progress=False, pathwise=False)
     # the finished rows are kept, clearly named, and the output folder itself is untouched
     assert not out.exists()
     (partial,) = tmp_path.glob("out.interrupted-*")
@@ -102,6 +111,9 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
         ["compare", "--nfe", "1", "--out", str(tmp_path / "o")],
         ["compare", "--out", str(f)],
         ["compare", "--target", "nope", "--out", str(tmp_path / "o")],
+        ["compare", "--replicates", "1", "--out", str(tmp_path / "o")],
+        ["compare", "--grids", "nope", "--out", str(tmp_path / "o")],
+        ["compare", "--solvers", "ddim", "ddim", "--out", str(tmp_path / "o")],
         ["sample", "--checkpoint", str(f)],
     ]
     for argv in cases:
@@ -135,9 +147,31 @@ def test_train_sample_likelihood_round_trip(tmp_path, capsys):
     assert vals["nfe"] > 0 and torch.isfinite(torch.tensor(vals["nll"]))
 
 
+def test_cli_compare_replicates_grids_and_budget_modes(tmp_path, capsys):
+    argv = ["compare", "--target", "mixture2d", "--solvers", "ddim", "heun", "--nfe", "7",
+            "--grids", "uniform", "logsnr", "--n", "60", "--replicates", "2",
+            "--floor-repeats", "2", "--no-progress", "--out", str(tmp_path / "a")]
+    code, out, err = _run(argv, capsys)
+    assert code == 0, err
+    assert "heun[grid=logsnr]" in out and "(6)" in out and "Verdict" in out
+    assert "solver x grid" in out and "—" not in out.split("Verdict")[0]
+    rows = json.loads((tmp_path / "a" / "results.json").read_text())["rows"]
+    assert {r["nfe"] for r in rows if r["name"] == "heun"} == {6}
+    code, out, err = _run(argv[:-1] + [str(tmp_path / "b"), "--budget-mode", "exact",
+                                       "--no-pathwise"], capsys)
+    assert code == 0, err
+    rows = json.loads((tmp_path / "b" / "results.json").read_text())["rows"]
+    assert {r["status"] for r in rows if r["name"] == "heun"} == {"unreachable"}
+    assert all("pathwise" not in r for r in rows)
+
+
 def test_demo_quick(tmp_path, capsys):
     code, out, _ = _run(["demo", "--quick", "--out", str(tmp_path), "--no-progress"], capsys)
     assert code == 0
     assert (tmp_path / "report.md").is_file() and (tmp_path / "exact" / "report.md").is_file()
     assert (tmp_path / "trained" / "samples_grid.png").is_file()
-    assert "report:" in out and "NLL" in out
+    assert "report:" in out and "NLL" in out and "()" not in out
+    # every solver has a value in every column ("at most K" budgets), with intervals
+    assert "—" not in out and "±" in out and "Verdict" in out
+    report = (tmp_path / "report.md").read_text()
+    assert not re.search(r"\|\s*—\s*\|", report) and "pathwise" in report

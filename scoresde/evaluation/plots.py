@@ -97,26 +97,41 @@ def plot_samples(x: torch.Tensor, path: str | os.PathLike, *, title: str = "",
     return _save(fig, path)
 
 
-def plot_error_vs_nfe(curves: dict[str, tuple[Sequence[float], Sequence[float]]],
-                      path: str | os.PathLike, *, floor: tuple[float, float] | None = None,
-                      ylabel: str = "error", title: str = "") -> Path:
-    """Log-log error vs NFE, one line per solver, with the noise floor (mean ± std) drawn."""
+def plot_error_vs_nfe(curves: dict[str, tuple[Sequence[float], ...]],
+                      path: str | os.PathLike, *, floor: tuple[float, ...] | None = None,
+                      ylabel: str = "error", title: str = "", floor_label: str = "noise floor"
+                      ) -> Path:
+    """Log-log error vs NFE, one line per solver, with the noise floor drawn.
+
+    ``curves`` maps a label to ``(nfe, err)`` or ``(nfe, err, low, high)``: with ``low`` and
+    ``high`` (a confidence interval per point) a shaded band is drawn around the line.
+    ``floor`` is ``(mean, spread)`` (band mean ± spread) or ``(mean, low, high)``.
+    """
     fig, axes = _figure(figsize=(6.5, 4.5))
     ax = axes[0][0]
-    for name, (nfe, err) in curves.items():
-        nfe_a, err_a = np.asarray(nfe, float), np.asarray(err, float)
+    for name, cur in curves.items():
+        nfe_a, err_a = np.asarray(cur[0], float), np.asarray(cur[1], float)
         ok = np.isfinite(err_a) & (err_a > 0)
-        if ok.any():
-            ax.plot(nfe_a[ok], err_a[ok], marker="o", ms=3, label=name)
+        if not ok.any():
+            continue
+        (line,) = ax.plot(nfe_a[ok], err_a[ok], marker="o", ms=3, label=name)
+        if len(cur) == 4:
+            lo, hi = np.asarray(cur[2], float)[ok], np.asarray(cur[3], float)[ok]
+            lo = np.where(np.isfinite(lo) & (lo > 0), lo, err_a[ok] * 0.05)
+            ax.fill_between(nfe_a[ok], lo, np.where(np.isfinite(hi), hi, err_a[ok]),
+                            color=line.get_color(), alpha=0.15, lw=0)
     if floor is not None and floor[0] > 0:
-        lo, hi = max(floor[0] - floor[1], floor[0] * 0.05), floor[0] + floor[1]
-        ax.axhline(floor[0], color="k", ls="--", lw=1, label="noise floor")
-        ax.axhspan(lo, hi, color="k", alpha=0.08)
+        if len(floor) == 3:
+            lo, hi = floor[1], floor[2]
+        else:
+            lo, hi = floor[0] - floor[1], floor[0] + floor[1]
+        ax.axhline(floor[0], color="k", ls="--", lw=1, label=floor_label)
+        ax.axhspan(max(lo, floor[0] * 0.05), hi, color="k", alpha=0.08)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("NFE (network evaluations, denoising included)")
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     ax.grid(True, which="both", alpha=0.3)
     return _save(fig, path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import platform
 from collections.abc import Sequence
@@ -84,30 +85,82 @@ def _default_grids(specs: Sequence[SolverSpec]) -> str:
     return "; ".join(f"{g}: {', '.join(dict.fromkeys(names))}" for g, names in grids.items())
 
 
+def _curves(comp: Any, metric: str, labels: Sequence[str]) -> dict[str, tuple[list[float], ...]]:
+    """Per label: NFE used, mean, interval low and high of ``metric`` (one point per NFE)."""
+    curves = {}
+    for lab in labels:
+        pts: dict[int, tuple[float, float, float]] = {}
+        for r in comp.rows:
+            if r["solver"] == lab and r["status"] == "ok" and r.get(metric) is not None:
+                pts[r["nfe"]] = (r[metric], r.get(f"{metric}_lo", math.nan),
+                                 r.get(f"{metric}_hi", math.nan))
+        if pts:
+            nfe = sorted(pts)
+            curves[lab] = (nfe, *([pts[k][i] for k in nfe] for i in range(3)))
+    return curves
+
+
+def _design(cfg: dict[str, Any], specs: Sequence[SolverSpec]) -> list[str]:
+    ref = cfg.get("reference")
+    mode = ("at most K (each solver at its largest budget ≤ K; the NFE it used is shown when "
+            "it differs)" if cfg.get("budget_mode") == "at_most" else "exactly K (— where a "
+            "solver cannot meet K)")
+    lines = [f"- command: `{cfg['command']}`",
+             f"- design: seed {cfg['seed']}; {cfg.get('replicates', 1)} replicates of "
+             f"n = {cfg['n']} samples, each with its own x_T, solver noise and held-out "
+             "reference set; within a replicate every solver starts from the same x_T and is "
+             "scored against the same reference set (paired); t_end = "
+             f"{cfg['t_end']}; {cfg.get('dtype', 'float32')}",
+             f"- budgets: {mode}",
+             "- time grids: " + (f"each solver on each of {', '.join(cfg['grids'])}"
+                                 if cfg.get("grids") else "each solver on its own default "
+                                 f"grid unless its label names one ({_default_grids(specs)})"),
+             f"- noise floors: {cfg.get('floor_repeats', '?')} pairs of independent exact sets "
+             "of size n"]
+    if ref and "failed" in ref:
+        lines.append(f"- pathwise reference: the tight PF-ODE solve failed ({ref['failed']}); no "
+                     "pathwise errors")
+    elif ref:
+        lines.append(f"- pathwise reference: {ref['solver']} with rtol = atol = {ref['rtol']:g} "
+                     f"from the same x_T ({ref['nfe']} NFE for the whole batch), denoised like "
+                     "every run")
+    lines += [f"- versions: {', '.join(f'{k} {v}' for k, v in cfg['versions'].items())}",
+              f"- {cfg['date']}, {cfg['machine']['platform']}, {cfg['machine']['threads']} threads"]
+    return lines
+
+
 def write_report(comp: Any, model: ScoreModel, ref: Tensor,
                  kept: dict[tuple[str, int], Tensor], specs: list[SolverSpec],
                  budgets: list[int], trajectories: bool | Sequence[str], x_T: Tensor,
                  t_end: float) -> None:
-    """Write the error-vs-NFE plots (one per registered metric), the sample grid and sample
-    paths (2-D targets) and ``report.md`` into ``comp.out_dir``."""
+    """Write the error-vs-NFE plots (one per registered metric, plus the pathwise error and
+    the Stein discrepancy when computed; means with their confidence bands and the noise
+    floor), the sample grid and sample paths (2-D targets, replicate 0: ``ref`` its
+    reference set, ``x_T`` its starting noise) and ``report.md`` into ``comp.out_dir``."""
     from . import plots  # matplotlib is imported only when a report is written
 
     out = comp.out_dir
     if out is None:
         return
-    cfg, floors, rows = comp.config, comp.floors, comp.rows
+    cfg, rows = comp.config, comp.rows
+    floors = {**comp.floors, **comp.exact_floors}
     fixed = [s for s in specs if not s.adaptive]
-    for k, title in ((k, m.title) for k, m in METRICS.items()):
-        curves = {}
-        for s in fixed:
-            pts = [(r["nfe"], r[k]) for r in rows if r["solver"] == s.label and r["status"] == "ok"]
-            if pts:
-                curves[s.label] = tuple(zip(*pts, strict=True))
-        plots.plot_error_vs_nfe(curves, out / f"error_vs_nfe_{k}.png",
-                                floor=(floors[k]["mean"], floors[k]["std"]), ylabel=title,
-                                title=f"{cfg['target']}: {title} to held-out target samples")
+    labels = [s.label for s in fixed]
+    has = {k for r in rows for k in r}
+    plotted = [(k, m.title) for k, m in METRICS.items()]
+    if "pathwise" in has:
+        plotted.append(("pathwise", "pathwise error E|x - x_ref| (deterministic solvers)"))
+    if "ksd" in has:
+        plotted.append(("ksd", "kernel Stein discrepancy² (IMQ, exact score)"))
+    for k, title in plotted:
+        fl = floors.get(k)
+        plots.plot_error_vs_nfe(
+            _curves(comp, k, labels), out / f"error_vs_nfe_{k}.png",
+            floor=(fl["mean"], fl["low"], fl["high"]) if fl else None, ylabel=title,
+            floor_label="noise floor (95% CI)",
+            title=f"{cfg['target']}: {title}\nmean and 95% CI over {cfg.get('replicates', 1)} "
+                  "replicates")
     if ref.shape[1:] == (2,):
-        labels = [s.label for s in fixed]
         plots.plot_sample_grid(kept, labels, budgets, out / "samples_grid.png", ref=ref[:3000],
                                lim=float(ref.abs().max()) * 1.1)
         if trajectories:
@@ -123,38 +176,66 @@ def write_report(comp: Any, model: ScoreModel, ref: Tensor,
                 paths[f"{spec.label}, NFE {b}"] = (res.times, res.trajectory)
             if paths:
                 plots.plot_trajectories(paths, out / "trajectories.png")
-    lines = [f"# Sampler comparison: {cfg['target']}", "",
-             f"{cfg['target_description']}.", "",
-             f"- command: `{cfg['command']}`",
-             f"- seed {cfg['seed']}, n = {cfg['n']} samples per run, t_end = {cfg['t_end']}, "
-             f"same x_T for every run; each solver on its default time grid unless its label "
-             f"names one ({_default_grids(fixed)})",
-             f"- versions: {', '.join(f'{k} {v}' for k, v in cfg['versions'].items())}",
-             f"- {cfg['date']}, {cfg['machine']['platform']}, {cfg['machine']['threads']} threads",
-             "", "## Headline: sliced W2 / noise floor (1.0 = as close as two exact sample sets)",
-             "", comp.headline("sw2"), "",
-             "Noise floors (mean ± std over repeats, two independent target sets of size n): " +
-             ", ".join(f"{k} {v['mean']:.4g} ± {v['std']:.2g}" for k, v in floors.items()), ""]
-    win = comp.winners("sw2")
-    if win:
-        lines += ["Best solver by SW2 at each budget: " +
-                  ", ".join(f"NFE {b}: {s}" for b, s in win.items()), ""]
-    if "target_avg_logp" in cfg:
-        lines += [f"Exact average log-density of held-out target samples: "
-                  f"{cfg['target_avg_logp']:.4f} nats.", ""]
-    keys = ["solver", "budget", "nfe", "status", *METRICS, "mean_error", "cov_error",
-            "avg_logp", "wall_s"]
-    lines += ["## All runs", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines = [f"# Sampler comparison: {cfg['target']}", "", f"{cfg['target_description']}.", "",
+             *_design(cfg, specs), "",
+             "## Headline: sliced W2 / noise floor (1.00 = as close as exact samples)", "",
+             comp.headline("sw2"), "", "The other tables below read the same way (mean ± "
+             "95% half-width over the replicates; marks as above; raw values where the metric "
+             "has no positive floor).", "", comp.verdict_line("sw2"), "",
+             "### Paired differences between the leading solvers", "",
+             "Differences of sliced W2 per replicate (same x_T, same reference set), mean and "
+             "95% t-interval; Holm-adjusted p-values over the comparisons with the leader at "
+             "each budget. 'Leader better' needs Holm p ≤ 0.05.", "",
+             comp.difference_table("sw2"), ""]
+    grid_txt = comp.grid_tables("sw2")
+    if grid_txt:
+        lines += ["## Time grids: solver × grid (sliced W2 / floor)", "",
+                  "Each solver on each grid at the same budget, from the same x_T; the last "
+                  "column is the paired verdict between that solver's grids.", "", grid_txt, ""]
+    if "pathwise" in has:
+        lines += ["## Solver error alone: pathwise distance to a tight PF-ODE solve", "",
+                  "E‖x − x_ref‖ between each deterministic solver's sample and the reference "
+                  "solve of the same model from the same x_T (stochastic solvers follow other "
+                  "paths and have none). It measures the solver, not the model: on a trained "
+                  "network it is zero for a perfect solver however wrong the network is.", "",
+                  comp.headline("pathwise", legend=False), "", comp.verdict_line("pathwise"), ""]
+    if "avg_logp" in has:
+        lines += ["## Exact target: concentration, dispersion and Stein discrepancy", "",
+                  f"Exact log-density gap E_q log p − E_p log p (nats; E_p log p = "
+                  f"{cfg.get('target_avg_logp', math.nan):.4f} from the floor's exact sets). "
+                  "Positive means the samples sit in higher-density regions than exact samples: "
+                  "over-concentration, which implies a lower entropy than the target's.", "",
+                  comp.headline("avg_logp", legend=False), "",
+                  "Variance ratio tr Cov(samples) / tr Cov(target) (1 = right overall spread):",
+                  "", comp.headline("var_ratio", legend=False), "",
+                  "Kernel Stein discrepancy² (U-statistic, IMQ kernel, exact data score; 0 in "
+                  "expectation for exact samples, no reference set). Score-based discrepancies "
+                  "are nearly blind to the weights of well-separated modes: read it with the "
+                  "distances.", "", comp.headline("ksd", legend=False), "", comp.verdict_line("ksd"), ""]
+    others = [k for k in METRICS if k != "sw2"]
+    if others:
+        lines += ["## Other distances to the reference sets", ""]
+        for k in others:
+            lines += [f"### {METRICS[k].title}", "", comp.headline(k, legend=False), ""]
+    lines += ["## Noise floors", "", "| score | mean | 95% CI | std of one pair | pairs |",
+              "|---|---|---|---|---|"]
+    for k, v in floors.items():
+        lines.append(f"| {k} | {v['mean']:.4g} | [{v['low']:.4g}, {v['high']:.4g}] | "
+                     f"{v['std']:.2g} | {len(v['values'])} |")
+    lines += ["", "## Runs", "", "| solver | budget | NFE | status | wall s (all replicates) | "
+              "flags |", "|---|---|---|---|---|---|"]
     for r in rows:
-        cells = []
-        for k in keys:
-            v = r.get(k, "")
-            cells.append(f"{v:.4g}" if isinstance(v, float) else str(v if v is not None else "adaptive"))
-        lines.append("| " + " | ".join(cells) + " |")
-    unreachable = [r for r in rows if r["status"] == "unreachable"]
-    if unreachable:
-        lines += ["", "Budgets a solver cannot meet exactly (not run):", ""]
-        lines += [f"- {r['solver']} at NFE {r['budget']}: {r['message']}" for r in unreachable]
+        wall = f"{r['wall_s']:.2f}" if isinstance(r.get("wall_s"), float) else ""
+        b = "adaptive" if r["budget"] is None else r["budget"]
+        lines.append(f"| {r['solver']} | {b} | {r.get('nfe') or ''} | {r['status']} | {wall} | "
+                     f"{', '.join(r.get('flags') or [])} |")
+    not_run = [r for r in rows if r["status"] != "ok"]
+    if not_run:
+        lines += ["", "Not run or failed:", ""]
+        lines += [f"- {r['solver']} at NFE {r['budget']}: {r.get('message', r['status'])}"
+                  for r in not_run]
+    lines += ["", "Per-replicate values: `replicates.csv`; cell summaries: `results.csv`; "
+              "everything: `results.json`."]
     pngs = sorted(p.name for p in out.glob("*.png"))
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in pngs]
     (out / "report.md").write_text("\n".join(lines) + "\n")
