@@ -178,8 +178,9 @@ def cmd_sample(a: argparse.Namespace) -> int:
 # ----- likelihood ------------------------------------------------------------------------
 def likelihood_table(model: Any, x: torch.Tensor, exact: Any = None, *, progress: bool = True,
                      rtol: float = 1e-5, atol: float = 1e-5, divergence: str = "exact",
-                     variable: str = "t", norm: str = "per_sample", bound: int | None = None,
-                     seed: int = 0) -> tuple[str, dict[str, float]]:
+                     variable: str | None = None, norm: str = "per_sample",
+                     bound: int | None = None,
+                     seed: int = 0) -> tuple[str, dict[str, Any]]:
     """Markdown table of NLL (nats) and bits/dim through the PF-ODE, with the variational
     bound (`bound` Monte Carlo draws per point, one batched forward each) and the exact
     values when the density is known."""
@@ -193,7 +194,7 @@ def likelihood_table(model: Any, x: torch.Tensor, exact: Any = None, *, progress
     se = float(res.logp.std() / math.sqrt(x.shape[0]))
     bpd = float(bits_per_dim(res.logp, x.shape).mean())
     rows = [("PF-ODE (model)", nll, se, bpd, res.nfe)]
-    out = {"nll": nll, "nll_se": se, "bpd": bpd, "nfe": float(res.nfe)}
+    out = {"nll": nll, "nll_se": se, "bpd": bpd, "nfe": float(res.nfe), "variable": res.variable}
     if bound is not None:
         vb = variational_bound(model, x, n_samples=bound, progress=progress,
                                generator=torch.Generator().manual_seed(seed + 1))
@@ -212,8 +213,8 @@ def likelihood_table(model: Any, x: torch.Tensor, exact: Any = None, *, progress
     lines = ["| estimate | NLL (nats) | ± s.e. | bits/dim | NFE |", "|---|---|---|---|---|"]
     lines += [f"| {n} | {v:.4f} | {s:.4f} | {b:.4f} | {k} |" for n, v, s, b, k in rows]
     lines.append(f"\n(n = {x.shape[0]} held-out points, D = {d}, continuous data, "
-                 f"{divergence} divergence, rtol = {rtol}, atol = {atol}, variable {variable}, "
-                 f"{norm} error norm)")
+                 f"{divergence} divergence, rtol = {rtol}, atol = {atol}, variable "
+                 f"{res.variable}, {norm} error norm)")
     return "\n".join(lines), out
 
 
@@ -367,8 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--divergence", default="exact", help="exact | hutchinson")
     lk.add_argument("--rtol", type=float, default=1e-5)
     lk.add_argument("--atol", type=float, default=1e-5)
-    lk.add_argument("--variable", default="t",
-                    help="integration variable of the PF-ODE: t | sigma | log_snr | edm")
+    lk.add_argument("--variable", default=None,
+                    help="integration variable of the PF-ODE: t | sigma | log_snr | edm "
+                         "(default: sigma where the SDE allows it, else t)")
     lk.add_argument("--norm", default="per_sample",
                     help="error norm: per_sample | rms | logp (atol in nats of log p)")
     lk.add_argument("--variational-bound", "--bound", dest="bound", type=int, nargs="?",

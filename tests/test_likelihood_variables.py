@@ -163,7 +163,7 @@ def test_variable_and_norm_errors():
     with pytest.raises(ValueError, match="variable must be one of"):
         sd.log_likelihood(model, x, variable="lambda")
     with pytest.raises(TypeError, match="variable"):
-        sd.log_likelihood(model, x, variable=None)
+        sd.log_likelihood(model, x, variable=1)
     with pytest.raises(ValueError, match="norm must be one of"):
         sd.log_likelihood(model, x, norm="max")
     with pytest.raises(ValueError, match="norm must be one of"):
@@ -171,7 +171,13 @@ def test_variable_and_norm_errors():
     for name in ("sigma", "log_snr", "edm"):
         with pytest.raises(ValueError, match=r"sigma\(t\) > 0.*t_eps > 0"):
             sd.log_likelihood(model, x, variable=name, t_eps=0.0)
-    assert torch.isfinite(sd.log_likelihood(model, x, t_eps=0.0).logp).all()  # t is fine
+    # by default: sigma/alpha where the SDE allows it, else t (here sigma(0) = 0)
+    assert sd.log_likelihood(model, x, rtol=1e-3, atol=1e-3).variable == sd.likelihood.DEFAULT_VARIABLE
+    res = sd.log_likelihood(model, x, t_eps=0.0, rtol=1e-3, atol=1e-3)
+    assert res.variable == "t" and torch.isfinite(res.logp).all()
+    enc = sd.pf_ode_encode(model, x, rtol=1e-3, atol=1e-3)
+    assert enc.variable == sd.likelihood.DEFAULT_FLOW_VARIABLE
+    assert sd.pf_ode_decode(model, enc.z, t_eps=0.0, rtol=1e-3, atol=1e-3).variable == "t"
 
 
 class _NoInverse(sd.SDE):
@@ -203,7 +209,8 @@ def test_sde_without_inverse_log_snr_needs_t():
     x = gm.sample(4, gen(0), dtype=F64)
     with pytest.raises(ValueError, match=r"_NoInverse does not have; use variable='t'"):
         sd.log_likelihood(model, x, variable="log_snr")
-    assert torch.isfinite(sd.log_likelihood(model, x, rtol=1e-3, atol=1e-3).logp).all()
+    res = sd.log_likelihood(model, x, rtol=1e-3, atol=1e-3)  # the default falls back to t
+    assert res.variable == "t" and torch.isfinite(res.logp).all()
 
 
 def _nan_below(t_bad, sde):
