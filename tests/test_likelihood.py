@@ -348,3 +348,97 @@ def test_works_under_no_grad_and_inference_mode():
     torch.testing.assert_close(a.logp, ref.logp)
     torch.testing.assert_close(c.logp, ref.logp)
     assert torch.isfinite(b.logp).all()
+
+
+# ----------------------------------------------------------------------------- levels, dtypes, logdet
+
+
+def test_bits_per_dim_with_any_number_of_levels():
+    """A uniform density on the scaled cube gives P(k) = 1/L per dimension: log2(L) bits/dim,
+    for L = 17 (scikit-learn's digits) as for powers of two; n_bits is levels = 2**n_bits."""
+    b, shape, d = 3, (3, 8, 8), 64
+    zeros = torch.zeros(b, dtype=torch.float64)
+    for levels in (17, 2, 256):
+        want = torch.full((b,), math.log2(levels), dtype=torch.float64)
+        torch.testing.assert_close(sd.bits_per_dim(zeros, shape, scaling="[0,1]", levels=levels), want)
+        torch.testing.assert_close(   # uniform on [-1,1]^D: log p = -D log 2; offset log2(L/2)
+            sd.bits_per_dim(zeros - d * math.log(2), shape, scaling="[-1,1]", levels=levels), want)
+    torch.testing.assert_close(sd.bits_per_dim(zeros, shape, scaling="[0,1]", n_bits=5),
+                               sd.bits_per_dim(zeros, shape, scaling="[0,1]", levels=32))
+    k = torch.arange(17).reshape(1, 17)
+    y = sd.uniform_dequantize(k, levels=17, generator=gen(0), dtype=torch.float64)
+    assert torch.equal((y * 17).floor().long(), k) and y.max() < 1
+    y11 = sd.uniform_dequantize(k, levels=17, scaling="[-1,1]", generator=gen(0), dtype=torch.float64)
+    torch.testing.assert_close(y11, 2 * y - 1, rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match=r"\[0, 16\]"):
+        sd.uniform_dequantize(torch.tensor([[0, 17]]), levels=17)
+    with pytest.raises(ValueError, match="disagree"):
+        sd.bits_per_dim(zeros, shape, scaling="[0,1]", n_bits=4, levels=17)
+    with pytest.raises(ValueError, match="levels"):
+        sd.uniform_dequantize(k[:, :1], levels=1)
+    with pytest.raises(TypeError, match="levels"):
+        sd.bits_per_dim(zeros, shape, scaling="[0,1]", levels=17.0)
+
+
+def test_dequantize_dtype_follows_the_input():
+    k = torch.tensor([[0, 3, 255]])
+    assert sd.uniform_dequantize(k.double()).dtype == torch.float64
+    assert sd.uniform_dequantize(k.float()).dtype == torch.float32
+    assert sd.uniform_dequantize(k).dtype == torch.get_default_dtype()
+    assert sd.uniform_dequantize(k.double(), dtype=torch.float32).dtype == torch.float32
+    with pytest.raises(TypeError, match="dtype"):
+        sd.uniform_dequantize(k, dtype=torch.int64)
+
+
+def test_dequantized_bits_per_dim_runs_in_the_models_dtype():
+    """A float64 network and integer data: dequantized in float64 (a float32 default used to
+    reach the network and fail with a raw matmul dtype error); a conflicting dtype is named."""
+    net = sd.nets.MLPScoreNet(dim=2, hidden=8, depth=1, generator=gen(0)).double()
+    model = sd.ScoreModel(net, sd.VPSDE())
+    k = torch.randint(0, 17, (4, 2), generator=gen(1))
+    res = sd.dequantized_bits_per_dim(model, k, levels=17, generator=gen(2), rtol=1e-3, atol=1e-3)
+    assert res.bpd.dtype == torch.float64 and torch.isfinite(res.bpd).all()
+    with pytest.raises(TypeError, match="differs from the model"):
+        sd.dequantized_bits_per_dim(model, k, levels=17, dtype=torch.float32)
+
+
+def test_logdet_of_a_data_transform_is_added():
+    """x = (u - m)/s standardises data u: log p_U(u) = log p_X(x) - D log s, exactly."""
+    sde, gm, model, x = _setup("vp", 2, seed=40, n=8)
+    s = 2.5
+    base = sd.log_likelihood(model, x, rtol=1e-3, atol=1e-3)
+    for logdet in (-2 * math.log(s), torch.full((8,), -2 * math.log(s), dtype=torch.float64),
+                   lambda y: torch.full((y.shape[0],), -2 * math.log(s), dtype=y.dtype)):
+        res = sd.log_likelihood(model, x, rtol=1e-3, atol=1e-3, logdet=logdet)
+        torch.testing.assert_close(res.logp, base.logp - 2 * math.log(s))
+        torch.testing.assert_close(res.logp, res.prior_logp + res.delta_logp + res.logdet)
+    u = gm.sample(8, gen(41), dtype=torch.float64)  # the exact identity on the density itself
+    gm_u = GaussianMixture(gm.weights, s * gm.means + 1.0, s ** 2 * gm.covs)
+    torch.testing.assert_close(gm_u.log_prob(s * u + 1.0), gm.log_prob(u) - 2 * math.log(s))
+    assert base.logdet is None
+    with pytest.raises(ValueError, match="logdet must have shape"):
+        sd.log_likelihood(model, x, logdet=torch.zeros(3))
+    with pytest.raises(TypeError, match="logdet"):
+        sd.log_likelihood(model, x, logdet="0")
+    with pytest.raises(ValueError, match="NaN"):
+        sd.log_likelihood(model, x, logdet=float("nan"))
+
+
+def test_cli_likelihood_prints_the_variational_bound(tmp_path, capsys):
+    from scoresde import cli
+
+    net = sd.nets.MLPScoreNet(dim=2, hidden=16, depth=1, generator=gen(0))
+    trainer = sd.Trainer(sd.ScoreModel(net, sd.VPSDE()), progress=False,
+                         meta={"data": "eight_gaussians"})
+    trainer.save(tmp_path / "t" / "model.pt")  # an untrained network will do
+    code = cli.main(["likelihood", "--checkpoint", str(tmp_path / "t" / "model.pt"), "--n", "16",
+                     "--rtol", "1e-3", "--atol", "1e-3", "--bound", "32", "--variable", "edm",
+                     "--out", str(tmp_path / "l"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and "variational bound" in out and "variable edm" in out
+    import json
+
+    vals = json.loads((tmp_path / "l" / "likelihood.json").read_text())
+    assert vals["bound_nfe"] == 1 and math.isfinite(vals["bound_nll"])
+    assert cli.main(["likelihood", "--checkpoint", str(tmp_path / "t" / "model.pt"), "--n", "4",
+                     "--norm", "max", "--out", str(tmp_path / "l2"), "--no-progress"]) == 2

@@ -4,10 +4,16 @@
 from .bound import BoundResult, variational_bound
 from .bpd import SCALINGS, BPDResult, bits_per_dim, dequantized_bits_per_dim, uniform_dequantize
 from .ode import (
+    DEFAULT_FLOW_VARIABLE,
+    DEFAULT_VARIABLE,
     DIVERGENCES,
+    NORMS,
     PROBES,
+    VARIABLES,
     FlowResult,
     LikelihoodResult,
+    LogpNorm,
+    batch_rms_norm,
     log_likelihood,
     per_sample_norm,
     pf_ode_decode,
@@ -16,5 +22,6 @@ from .ode import (
 
 __all__ = ["LikelihoodResult", "FlowResult", "BoundResult", "BPDResult", "log_likelihood",
            "pf_ode_encode", "pf_ode_decode", "variational_bound", "bits_per_dim",
-           "uniform_dequantize", "dequantized_bits_per_dim", "per_sample_norm", "DIVERGENCES",
-           "PROBES", "SCALINGS"]
+           "uniform_dequantize", "dequantized_bits_per_dim", "per_sample_norm", "batch_rms_norm",
+           "LogpNorm", "DIVERGENCES", "PROBES", "SCALINGS", "VARIABLES", "NORMS",
+           "DEFAULT_VARIABLE", "DEFAULT_FLOW_VARIABLE"]

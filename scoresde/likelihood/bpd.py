@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..models import ScoreModel
+from ..models import ScoreModel, check_model
 from ..validation import check_choice, check_generator, check_int
 from .ode import log_likelihood
 
@@ -40,30 +40,43 @@ class BPDResult:
     nfe: int
 
 
-def _scale_offset(scaling: str, n_bits: int) -> tuple[float, float, float]:
+def _levels(n_bits: object, levels: object) -> int:
+    """The number of discrete levels from `n_bits` or `levels` (default 256 = 8 bits)."""
+    if levels is None:
+        return 2 ** check_int("n_bits", 8 if n_bits is None else n_bits, 1)
+    levels = check_int("levels", levels, 2)
+    if n_bits is not None and 2 ** check_int("n_bits", n_bits, 1) != levels:
+        raise ValueError(f"n_bits={n_bits} and levels={levels} disagree (levels = 2**n_bits); "
+                         "give one of them")
+    return levels
+
+
+def _scale_offset(scaling: str, levels: int) -> tuple[float, float, float]:
     """`(a, b, offset_bits)` with model-space `y = a (k + u) + b` and `-log2 a`."""
     if scaling == "[0,1]":
-        return 2.0 ** -n_bits, 0.0, float(n_bits)
+        return 1.0 / levels, 0.0, math.log2(levels)
     if scaling == "[-1,1]":
-        return 2.0 ** (1 - n_bits), -1.0, float(n_bits - 1)
+        return 2.0 / levels, -1.0, math.log2(levels) - 1.0
     return 1.0, 0.0, 0.0
 
 
 def bits_per_dim(logp: Tensor, x_shape: Sequence[int] | torch.Size, *, scaling: str = "continuous",
-                 n_bits: int = 8) -> Tensor:
+                 n_bits: int | None = None, levels: int | None = None) -> Tensor:
     r"""Convert per-sample log-densities (nats) into bits per dimension.
 
     $\mathrm{bpd} = -\dfrac{\log p_Y(y)}{D\ln 2} + \text{offset}$ with
     $D = \prod$ `x_shape[1:]`, where $\log p_Y(y)$ is the log-density the
     model assigns to the data **as it sees them** (`logp`, e.g. from
-    `log_likelihood`) and the offset accounts for the data scaling:
+    `log_likelihood`) and the offset accounts for the data scaling. With $L$ = `levels`
+    discrete values per dimension ($L = 2^n$ for `n_bits` $= n$; default 256):
 
     - `"continuous"`: the data are continuous and `y` is the data itself; offset 0.
-    - `"[0,1]"`: `n_bits`-bit integers $k \in \{0,\dots,2^n-1\}^D$ dequantized as
-      $y = (k + u)/2^n \in [0, 1)$, $u \sim U[0,1)^D$; offset $n$ (8 bits).
-    - `"[-1,1]"`: $y = 2(k + u)/2^n - 1 \in [-1, 1)$; offset $n - 1$ (7 bits).
+    - `"[0,1]"`: integers $k \in \{0,\dots,L-1\}^D$ dequantized as
+      $y = (k + u)/L \in [0, 1)$, $u \sim U[0,1)^D$; offset $\log_2 L$ (8 bits for 8-bit
+      data; $\log_2 17 \approx 4.09$ for the 17 grey levels of scikit-learn's digits).
+    - `"[-1,1]"`: $y = 2(k + u)/L - 1 \in [-1, 1)$; offset $\log_2(L/2)$ (7 bits).
 
-    **Derivation.** Write $w = k + u \in [0, 2^n)^D$ (one unit-width bin per value)
+    **Derivation.** Write $w = k + u \in [0, L)^D$ (one unit-width bin per value)
     and $y = a w + b$. A density $p_Y$ on the model's space is the density
     $q_W(w) = a^D p_Y(aw + b)$ on $w$ (the Jacobian $|dy/dw| = a$ per
     dimension). The discrete model is $P(k) = \int_{[0,1)^D} q_W(k + u)\,du$, and by
@@ -75,16 +88,19 @@ def bits_per_dim(logp: Tensor, x_shape: Sequence[int] | torch.Size, *, scaling: 
     \le -\frac{\mathbb E_u \log p_Y(y)}{D\ln 2} - \log_2 a,
     $$
 
-    with $a = 2^{-n}$ for `[0,1]` (offset $-\log_2 a = n$) and
-    $a = 2^{1-n}$ for `[-1,1]` (offset $n - 1$). The two agree: the same
+    with $a = 1/L$ for `[0,1]` (offset $-\log_2 a = \log_2 L$) and
+    $a = 2/L$ for `[-1,1]` (offset $\log_2(L/2)$). The two agree: the same
     data mapped to `[-1,1]` have $\log p_{Y'}(y') = \log p_Y(y) - D\log 2$, i.e.
     one bit per dimension more on the first term and one less in the offset. Pass one
     `logp` per dequantization draw and average the returned bpd over draws
-    (`dequantized_bits_per_dim` does it).
+    (`dequantized_bits_per_dim` does it). If the model sees a further transform of $y$
+    (a logit, a standardisation), pass `log_likelihood` that transform's `logdet` so that
+    `logp` is $\log p_Y(y)$.
 
     **Arguments:** `logp` of shape `(B,)`; `x_shape` the full data shape
-    `(B, *event_shape)` (`x.shape`); `scaling` one of `SCALINGS`; `n_bits`
-    the bit depth of the discrete data (ignored for `"continuous"`).
+    `(B, *event_shape)` (`x.shape`); `scaling` one of `SCALINGS`; `n_bits` or `levels`
+    (integer $\ge 2$; `levels = 2**n_bits`): the discrete data's bit depth or number of
+    values per dimension (ignored for `"continuous"`).
 
     **Returns:** bits per dimension, shape `(B,)`.
     """
@@ -101,47 +117,59 @@ def bits_per_dim(logp: Tensor, x_shape: Sequence[int] | torch.Size, *, scaling: 
         raise ValueError(f"x_shape[0] = {shape[0]} must equal the number of log-densities "
                          f"{logp.shape[0]} (x_shape is the full shape (B, *event_shape))")
     check_choice("scaling", scaling, SCALINGS)
-    n_bits = check_int("n_bits", n_bits, 1)
+    levels = _levels(n_bits, levels)
     d = math.prod(shape[1:])
-    _, _, offset = _scale_offset(scaling, n_bits)
+    _, _, offset = _scale_offset(scaling, levels)
     return -logp / (d * math.log(2.0)) + offset
 
 
-def uniform_dequantize(k: Tensor, *, scaling: str = "[0,1]", n_bits: int = 8,
-                       generator: torch.Generator | None = None, dtype: torch.dtype | None = None
-                       ) -> Tensor:
-    r"""Uniform dequantization of `n_bits`-bit data (Theis et al. 2016).
+def uniform_dequantize(k: Tensor, *, scaling: str = "[0,1]", n_bits: int | None = None,
+                       levels: int | None = None, generator: torch.Generator | None = None,
+                       dtype: torch.dtype | None = None) -> Tensor:
+    r"""Uniform dequantization of discrete data with $L$ = `levels` values per dimension
+    ($L = 2^n$ for `n_bits` $= n$; default 256), Theis et al. 2016.
 
-    $y = (k + u)/2^n$ (`"[0,1]"`) or $y = 2(k + u)/2^n - 1$ (`"[-1,1]"`),
+    $y = (k + u)/L$ (`"[0,1]"`) or $y = 2(k + u)/L - 1$ (`"[-1,1]"`),
     $u \sim U[0,1)$ independently per entry, drawn from `generator`.
 
-    **Arguments:** `k` integers in $[0, 2^n - 1]$ (an integer tensor, or a
-    floating one holding integers), any shape; `dtype` of the result (default
-    `torch.get_default_dtype()`). **Returns:** `y`, shape of `k`.
+    **Arguments:** `k` integers in $[0, L - 1]$ (an integer tensor, or a floating one
+    holding integers), any shape; `dtype` of the result: by default `k`'s dtype when `k` is
+    floating, else `torch.get_default_dtype()`. **Returns:** `y`, shape of `k`.
     """
     if not isinstance(k, Tensor):
         raise TypeError(f"k must be a torch.Tensor of integers, got {type(k).__name__}")
     if scaling not in ("[0,1]", "[-1,1]"):
         raise ValueError(f"scaling must be one of ('[0,1]', '[-1,1]'), got {scaling!r}")
-    n_bits = check_int("n_bits", n_bits, 1)
+    levels = _levels(n_bits, levels)
     check_generator(generator)
-    top = 2 ** n_bits - 1
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    top = levels - 1
     if k.is_complex() or k.dtype == torch.bool:
         raise TypeError(f"k must hold integers, got dtype {k.dtype}")
     if k.is_floating_point() and not bool((k == torch.round(k)).all()):
         raise ValueError("k must hold integer values (the discrete data, not already scaled)")
     if k.numel() and not bool(((k >= 0) & (k <= top)).all()):
-        raise ValueError(f"k must lie in [0, {top}] for n_bits={n_bits}, got values in "
+        raise ValueError(f"k must lie in [0, {top}] for levels={levels}, got values in "
                          f"[{k.min().item()}, {k.max().item()}]")
-    dtype = dtype or torch.get_default_dtype()
+    if dtype is None:
+        dtype = k.dtype if k.is_floating_point() else torch.get_default_dtype()
     u = torch.rand(k.shape, generator=generator, dtype=dtype, device=k.device)
-    a, b, _ = _scale_offset(scaling, n_bits)
+    a, b, _ = _scale_offset(scaling, levels)
     return a * (k.to(dtype) + u) + b
 
 
+def _model_dtype(model: ScoreModel) -> torch.dtype | None:
+    """The dtype of the model's floating parameters or buffers (None if it has none)."""
+    for p in list(model.net.parameters()) + list(model.net.buffers()):
+        if p.is_floating_point():
+            return p.dtype
+    return None
+
+
 def dequantized_bits_per_dim(model: ScoreModel, k: Tensor, *, n_draws: int = 1,
-                             scaling: str = "[0,1]", n_bits: int = 8,
-                             generator: torch.Generator | None = None,
+                             scaling: str = "[0,1]", n_bits: int | None = None,
+                             levels: int | None = None, generator: torch.Generator | None = None,
                              dtype: torch.dtype | None = None, **likelihood_kwargs: Any) -> BPDResult:
     r"""Bits per dimension of discrete data: `n_draws` uniform dequantizations per sample
     (`uniform_dequantize`), a probability-flow likelihood for each
@@ -149,10 +177,13 @@ def dequantized_bits_per_dim(model: ScoreModel, k: Tensor, *, n_draws: int = 1,
     scaling's offset, averaged over draws — an estimate of the Jensen upper bound
     $-\mathbb E_u\log_2 q_W(k+u)/D \ge -\log_2 P(k)/D$.
 
-    **Arguments:** `k` integers of shape `(B, *event_shape)`; `generator` draws the
-    dequantization noise and then the Hutchinson probes; `dtype` of the dequantized data;
-    `likelihood_kwargs` go to `log_likelihood` (`divergence`, `rtol`,
-    `batch_size`, ...).
+    **Arguments:** `k` integers of shape `(B, *event_shape)`; `n_bits` or `levels` as in
+    `bits_per_dim`; `generator` draws the dequantization noise and then the Hutchinson
+    probes; `dtype` of the dequantized data and of the solve (default: the dtype of the
+    model's parameters, for a model without any as in `uniform_dequantize`; a `dtype` other
+    than the parameters' is a `TypeError`); `likelihood_kwargs` go to `log_likelihood`
+    (`divergence`, `rtol`, `variable`, `batch_size`, ...; a `logdet` tensor of shape `(B,)`
+    is repeated over the draws).
 
     **Returns:** a `BPDResult` (per sample `bpd`, its `stderr` across draws,
     the averaged model-space `logp`, `nfe`).
@@ -161,11 +192,22 @@ def dequantized_bits_per_dim(model: ScoreModel, k: Tensor, *, n_draws: int = 1,
         raise ValueError(f"k must be a tensor of shape (B, *event_shape), got "
                          f"{tuple(k.shape) if isinstance(k, Tensor) else type(k).__name__}")
     n_draws = check_int("n_draws", n_draws, 1)
+    check_model(model)
+    own = _model_dtype(model)
+    if dtype is not None and own is not None and dtype != own:
+        raise TypeError(f"dtype={dtype} differs from the model's parameters ({own}); convert the "
+                        f"model (model.to({dtype})) or leave dtype unset")
+    dtype = dtype or own
     b = k.shape[0]
     reps = k.unsqueeze(0).expand((n_draws,) + tuple(k.shape)).reshape((n_draws * b,) + tuple(k.shape[1:]))
-    y = uniform_dequantize(reps, scaling=scaling, n_bits=n_bits, generator=generator, dtype=dtype)
+    y = uniform_dequantize(reps, scaling=scaling, n_bits=n_bits, levels=levels,
+                           generator=generator, dtype=dtype)
+    logdet = likelihood_kwargs.get("logdet")
+    if isinstance(logdet, Tensor) and logdet.dim() == 1 and logdet.shape[0] == b and n_draws > 1:
+        likelihood_kwargs["logdet"] = logdet.repeat(n_draws)
     res = log_likelihood(model, y, generator=generator, **likelihood_kwargs)
-    bpd = bits_per_dim(res.logp, y.shape, scaling=scaling, n_bits=n_bits).reshape(n_draws, b)
+    bpd = bits_per_dim(res.logp, y.shape, scaling=scaling, n_bits=n_bits,
+                       levels=levels).reshape(n_draws, b)
     stderr = bpd.std(0) / math.sqrt(n_draws) if n_draws > 1 else None
     return BPDResult(bpd=bpd.mean(0), stderr=stderr, logp=res.logp.reshape(n_draws, b).mean(0),
                      nfe=res.nfe)
