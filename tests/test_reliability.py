@@ -57,7 +57,7 @@ def test_ema_trainer_loading_a_checkpoint_without_ema_starts_ema_from_the_loaded
     served = sd.load_model(tmp_path / "later.pt")       # what sampling uses: the EMA weights
 
     def dist(a, b):
-        return sum(float((p - q).pow(2).sum()) for p, q in
+        return sum(float((p.detach() - q.detach()).pow(2).sum()) for p, q in
                    zip(a.parameters(), b.parameters(), strict=True)) ** 0.5
 
     # the EMA tracks the trained weights, not the random initialisation of _model(7)
