@@ -199,6 +199,18 @@ def test_grid_axis_runs_each_solver_on_each_grid():
                 replicates=2, progress=False)
 
 
+def test_a_saved_comparison_reloads_with_the_same_tables(tmp_path):
+    comp = compare(builtin_target("mixture2d"), ["ddim", "dpm_solver"], [6, 12], n=60,
+                   replicates=3, floor_repeats=2, progress=False, out_dir=tmp_path / "c")
+    back = Comparison.load(tmp_path / "c")
+    for metric in ("sw2", "pathwise", "avg_logp", "ksd"):
+        assert back.headline(metric) == comp.headline(metric)
+        assert back.verdict_line(metric) == comp.verdict_line(metric)
+    assert back.difference_table() == comp.difference_table()
+    with pytest.raises(ValueError, match="results.json"):
+        Comparison.load(tmp_path)
+
+
 def test_replicates_are_paired_and_reproducible():
     kw = dict(n=80, replicates=3, floor_repeats=2, progress=False, pathwise=False)
     a = compare(builtin_target("mixture2d"), ["ddim", "euler_maruyama"], [6], seed=5, **kw)

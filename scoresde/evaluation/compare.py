@@ -140,6 +140,17 @@ class Comparison:
     score_floors: dict[str, dict[str, Any]] = field(default_factory=dict)
     reference: dict[str, Any] | None = None
 
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> Comparison:
+        """The comparison a run wrote to ``folder`` (its ``results.json``): every table,
+        verdict and plot input can be recomputed from it without sampling again."""
+        path = Path(folder) / "results.json"
+        if not path.is_file():
+            raise ValueError(f"{str(folder)!r} holds no results.json of a comparison")
+        d = json.loads(path.read_text())
+        return cls(d["config"], d["floors"], d["rows"], Path(folder), d.get("replicates", []),
+                   d.get("score_floors", {}), d.get("reference"))
+
     # ----- access ------------------------------------------------------------------------
     def cell(self, solver: str, budget: int | None) -> dict[str, Any] | None:
         """The row of ``solver`` (a label) at ``budget`` (``None``: an adaptive solver;
@@ -550,6 +561,7 @@ def _run(target: Target, specs: list[SolverSpec], budgets: list[int], out: Path 
          t_end: float, floor_repeats: int, pathwise: bool, reference_tol: float,
          dtype: torch.dtype, level: float, progress: bool, trajectories: bool | Sequence[str],
          command: str | None) -> Comparison:
+    t_start = time.perf_counter()
     model, sde = target.model, target.model.sde
     R = replicates
     if out is not None:
@@ -677,6 +689,7 @@ def _run(target: Target, specs: list[SolverSpec], budgets: list[int], out: Path 
             record(row, reps)
     finally:
         bar.close()
+    config["seconds"] = time.perf_counter() - t_start
     comp = Comparison(config, floors, rows, out, rep_rows, score_floors, reference)
     if out is not None:
         write_json(out / "results.json", {"config": config, "floors": floors,
