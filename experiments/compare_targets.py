@@ -19,6 +19,7 @@ study can be rerun alone.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 from _results import FIGURES, provenance, write_section  # noqa: I001
@@ -59,8 +60,8 @@ def section(comp, rel, title: str, cmd: str) -> list[str]:
              "Solver error alone, pathwise E‖x − x_ref‖ to a tight PF-ODE solve from the same "
              "$x_T$ (deterministic solvers):", "", comp.headline("pathwise"), "",
              comp.verdict_line("pathwise"), "",
-             "Exact log-density gap E_q log p − E_p log p (nats; > 0 = over-concentrated):", "",
-             comp.headline("avg_logp"), "",
+             "Exact log-density gap E_q log p − E_p log p (nats; > 0 = over-concentrated; "
+             "read like the tables above):", "", comp.headline("avg_logp", legend=False), "",
              f"![error vs NFE]({rel}/error_vs_nfe_sw2.png)", "",
              f"![pathwise error vs NFE]({rel}/error_vs_nfe_pathwise.png)", "",
              f"![samples]({rel}/samples_grid.png)", "",
@@ -76,7 +77,7 @@ def reused(out, a) -> Comparison | None:
         return None
     comp = Comparison.load(out)
     cfg = comp.config
-    same = (cfg["n"], cfg["replicates"], cfg["seed"]) == (a.n, a.replicates, a.seed)
+    same = (cfg.get("n"), cfg.get("replicates"), cfg.get("seed")) == (a.n, a.replicates, a.seed)
     return comp if same else None
 
 
@@ -90,6 +91,8 @@ def main() -> None:
                    "folders a previous run with the same --n, --replicates and --seed left, "
                    "sampling only what is missing")
     a = p.parse_args()
+    if "--reuse" in sys.argv:       # the provenance lines name the command that computes
+        sys.argv.remove("--reuse")
     torch.set_num_threads(1)
     cmd_base = f"python experiments/compare_targets.py --n {a.n} --replicates {a.replicates}"
     if not a.only:
