@@ -19,6 +19,7 @@ study can be rerun alone.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import torch
@@ -26,6 +27,8 @@ from _results import FIGURES, provenance, write_section  # noqa: I001
 
 import scoresde as sd
 from scoresde.evaluation.compare import DEFAULT_BUDGETS, Comparison, builtin_target, compare
+from scoresde.evaluation.report import write_error_plots, write_markdown
+from scoresde.evaluation.specs import SolverSpec
 
 TARGETS = [("eight_gaussians", "vp"), ("mixture2d", "vp"), ("eight_gaussians", "ve")]
 GRID_SOLVERS = ["ddim", "heun", "dpm_solver", "pf_ode:method=rk4"]
@@ -72,13 +75,20 @@ def section(comp, rel, title: str, cmd: str) -> list[str]:
 
 
 def reused(out, a) -> Comparison | None:
-    """With --reuse, the comparison a previous run left in `out` if it had these settings."""
+    """With --reuse, the comparison a previous run left in `out` if it had these settings,
+    its error-vs-NFE plots and report.md redrawn by the current code (the sample grid and
+    trajectories need the samples and stay as they were)."""
     if not a.reuse or not (out / "results.json").is_file():
         return None
     comp = Comparison.load(out)
     cfg = comp.config
-    same = (cfg.get("n"), cfg.get("replicates"), cfg.get("seed")) == (a.n, a.replicates, a.seed)
-    return comp if same else None
+    if (cfg.get("n"), cfg.get("replicates"), cfg.get("seed")) != (a.n, a.replicates, a.seed):
+        return None
+    specs = {r["solver"]: SolverSpec(r["name"], json.loads(r["options"]), r["grid"], r["adaptive"])
+             for r in comp.rows}
+    write_error_plots(comp)
+    write_markdown(comp, list(specs.values()))
+    return comp
 
 
 def main() -> None:

@@ -207,6 +207,13 @@ def test_a_saved_comparison_reloads_with_the_same_tables(tmp_path):
         assert back.headline(metric) == comp.headline(metric)
         assert back.verdict_line(metric) == comp.verdict_line(metric)
     assert back.difference_table() == comp.difference_table()
+    # report.md redrawn from the saved results alone is the one the run wrote
+    from scoresde.evaluation.report import write_markdown
+    from scoresde.evaluation.specs import SolverSpec
+
+    first = (tmp_path / "c" / "report.md").read_text()
+    write_markdown(back, [SolverSpec.parse(s) for s in ("ddim", "dpm_solver")])
+    assert (tmp_path / "c" / "report.md").read_text() == first
     with pytest.raises(ValueError, match="results.json"):
         Comparison.load(tmp_path)
 
