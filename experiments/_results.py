@@ -19,9 +19,9 @@ FIGURES = ROOT / "docs" / "results"
 
 def provenance() -> str:
     """One line naming the command, versions, threads and date."""
-    cmd = "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).relative_to(ROOT)
-                                                      if Path(sys.argv[0]).is_absolute()
-                                                      else sys.argv[0], *sys.argv[1:]])
+    cmd = "python " + " ".join(shlex.quote(str(a)) for a in [Path(sys.argv[0]).relative_to(ROOT)
+                                                           if Path(sys.argv[0]).is_absolute()
+                                                           else sys.argv[0], *sys.argv[1:]])
     return (f"Reproduce: `{cmd}` (scoresde {scoresde.__version__}, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}).")
 

@@ -334,13 +334,14 @@ def _demo(a: argparse.Namespace, work: Path, out: Path) -> tuple[float, list[str
         headline_title + ".", "", exact.headline("sw2"), "", exact.verdict_line("sw2"), "",
         "Solver error alone (pathwise distance to a tight PF-ODE solve from the same x_T, "
         "deterministic solvers):", "", exact.headline("pathwise", legend=False), "",
+        exact.verdict_line("pathwise"), "",
         "Details, paired differences, exact log-density gaps, Stein discrepancies and plots: "
         "[exact/report.md](exact/report.md)", "",
         "## The same comparison on the trained MLP", "",
         "Here the distances mix solver and model error; the pathwise error (same network, "
         "tight solve) isolates the solver's part.", "",
         trained.headline("sw2"), "", trained.verdict_line("sw2"), "",
-        trained.headline("pathwise", legend=False), "",
+        trained.headline("pathwise", legend=False), "", trained.verdict_line("pathwise"), "",
         "Details and plots: [trained/report.md](trained/report.md); training curve and learned vs "
         "exact score: [train/loss.png](train/loss.png), "
         "[train/score_field.png](train/score_field.png)", "",

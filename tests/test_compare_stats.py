@@ -116,6 +116,10 @@ def test_ranking_rule_claims_best_only_with_a_significant_paired_difference():
                                     "c": (1.5 + shared + noise[2]).tolist()})
     assert tied.best is None and set(tied.group) == {"a", "b"} and tied.others == ["c"]
     assert "indistinguishable" in tied.text()
+    # a consistent but tiny difference counts only above the margin (the resolution)
+    tiny = {"a": (1.0 + shared).tolist(), "b": (1.0 + 1e-6 + shared).tolist()}
+    assert stats.compare_to_leader(tiny).best == "a"
+    assert stats.compare_to_leader(tiny, margin=1e-5).best is None
 
 
 # ----- the engine --------------------------------------------------------------------------
@@ -158,6 +162,9 @@ def test_pathwise_error_is_zero_for_the_reference_solver_against_itself():
     assert comp.values(comp.rows[0]["solver"], None, "pathwise") == [0.0, 0.0]
     assert comp.cell("ddim", 10)["pathwise"] > 1e-3                   # a coarse solver
     assert "pathwise" not in comp.cell("euler_maruyama", 10)           # stochastic: none
+    # the reference's accuracy (against a 10x tighter solve) is the verdicts' margin
+    acc = comp.score_floors["pathwise"]["mean"]
+    assert 0 < acc < 1e-3 and comp.margin("pathwise") == acc and comp.margin("sw2") == 0.0
 
 
 def test_at_most_budgets_fill_every_column_and_record_the_nfe_used():
@@ -190,6 +197,25 @@ def test_grid_axis_runs_each_solver_on_each_grid():
     with pytest.raises(ValueError, match="unknown grid"):
         compare(builtin_target("mixture2d"), ["ddim"], [10], grids=["nope"], n=60,
                 replicates=2, progress=False)
+
+
+def test_a_saved_comparison_reloads_with_the_same_tables(tmp_path):
+    comp = compare(builtin_target("mixture2d"), ["ddim", "dpm_solver"], [6, 12], n=60,
+                   replicates=3, floor_repeats=2, progress=False, out_dir=tmp_path / "c")
+    back = Comparison.load(tmp_path / "c")
+    for metric in ("sw2", "pathwise", "avg_logp", "ksd"):
+        assert back.headline(metric) == comp.headline(metric)
+        assert back.verdict_line(metric) == comp.verdict_line(metric)
+    assert back.difference_table() == comp.difference_table()
+    # report.md redrawn from the saved results alone is the one the run wrote
+    from scoresde.evaluation.report import write_markdown
+    from scoresde.evaluation.specs import SolverSpec
+
+    first = (tmp_path / "c" / "report.md").read_text()
+    write_markdown(back, [SolverSpec.parse(s) for s in ("ddim", "dpm_solver")])
+    assert (tmp_path / "c" / "report.md").read_text() == first
+    with pytest.raises(ValueError, match="results.json"):
+        Comparison.load(tmp_path)
 
 
 def test_replicates_are_paired_and_reproducible():

@@ -124,7 +124,10 @@ class Comparison:
       interval), ``k_floor``, ``k_ratio`` (with Fieller's ``k_ratio_lo``/``k_ratio_hi``) and
       ``flags``.
     - `replicate_rows`: one dict per (cell, replicate) with the raw values.
-    - `exact_floors`: the floors of the exact-target scores (`EXACT_METRICS`), as `floors`.
+    - `score_floors`: the floors of the other scores, as `floors`: the exact-target scores
+      (`EXACT_METRICS`, between exact sets) and ``pathwise``, the accuracy of the pathwise
+      reference (its distance to a solve 10 times tighter), the resolution of the pathwise
+      errors.
     - `reference`: the row of the pathwise reference solve (solver label ``"reference"``,
       scored like the others), or None.
     """
@@ -134,8 +137,19 @@ class Comparison:
     rows: list[dict[str, Any]]
     out_dir: Path | None = None
     replicate_rows: list[dict[str, Any]] = field(default_factory=list)
-    exact_floors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    score_floors: dict[str, dict[str, Any]] = field(default_factory=dict)
     reference: dict[str, Any] | None = None
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> Comparison:
+        """The comparison a run wrote to ``folder`` (its ``results.json``): every table,
+        verdict and plot input can be recomputed from it without sampling again."""
+        path = Path(folder) / "results.json"
+        if not path.is_file():
+            raise ValueError(f"{str(folder)!r} holds no results.json of a comparison")
+        d = json.loads(path.read_text())
+        return cls(d["config"], d["floors"], d["rows"], Path(folder), d.get("replicates", []),
+                   d.get("score_floors", {}), d.get("reference"))
 
     # ----- access ------------------------------------------------------------------------
     def cell(self, solver: str, budget: int | None) -> dict[str, Any] | None:
@@ -147,8 +161,8 @@ class Comparison:
                     None)
 
     def floor(self, metric: str) -> dict[str, Any] | None:
-        """The noise floor of a score (`floors` or `exact_floors`), or None."""
-        return self.floors.get(metric) or self.exact_floors.get(metric)
+        """The noise floor of a score (`floors` or `score_floors`), or None."""
+        return self.floors.get(metric) or self.score_floors.get(metric)
 
     def values(self, solver: str, budget: int | None, metric: str = "sw2") -> list[float]:
         """The per-replicate values of ``metric`` in a cell, in replicate order."""
@@ -252,6 +266,10 @@ class Comparison:
             parts.append("Budgets are exact: — marks a budget the solver cannot meet.")
         if self.reference is not None:
             parts.append("reference: the tight adaptive PF-ODE solve of the pathwise errors.")
+        if metric == "pathwise" and self.margin("pathwise") > 0:
+            parts.append(f"The reference is accurate to about {self.margin('pathwise'):.2g} (its "
+                         "distance to a solve 10 times tighter): pathwise errors below that are "
+                         "not resolved, and verdicts need a difference larger than it.")
         parts.append(f"↓: significantly below the noise floor (Fieller/Welch {self.level:.0%}), "
                      "⊙: significantly more concentrated or narrower than the target (exact "
                      "log-density gap > 0 or variance ratio < 1): signs of under-dispersion, "
@@ -271,8 +289,14 @@ class Comparison:
                     if len(v) >= 2:
                         vals[r["solver"]] = v
             if vals and len({len(v) for v in vals.values()}) == 1:
-                out[b] = compare_to_leader(vals, self.level)
+                out[b] = compare_to_leader(vals, self.level, margin=self.margin(metric))
         return out
+
+    def margin(self, metric: str) -> float:
+        """The smallest difference the verdicts count for ``metric``: for ``pathwise`` the
+        accuracy of the reference solve (differences below it are not resolved), else 0."""
+        fl = self.score_floors.get("pathwise") if metric == "pathwise" else None
+        return max(fl["mean"], 0.0) if fl else 0.0
 
     def winners(self, metric: str = "sw2") -> dict[int, str]:
         """The solver the paired comparisons declare best at each budget: significantly
@@ -537,6 +561,7 @@ def _run(target: Target, specs: list[SolverSpec], budgets: list[int], out: Path 
          t_end: float, floor_repeats: int, pathwise: bool, reference_tol: float,
          dtype: torch.dtype, level: float, progress: bool, trajectories: bool | Sequence[str],
          command: str | None) -> Comparison:
+    t_start = time.perf_counter()
     model, sde = target.model, target.model.sde
     R = replicates
     if out is not None:
@@ -548,7 +573,7 @@ def _run(target: Target, specs: list[SolverSpec], budgets: list[int], out: Path 
                                       dtype=dtype).to(model.device) for r in range(R)])
     all_floors = _floors(target, n, floor_repeats, seed, metric_seed, level)
     floors = {k: v for k, v in all_floors.items() if k in METRICS}
-    exact_floors = {k: v for k, v in all_floors.items() if k not in METRICS}
+    score_floors = {k: v for k, v in all_floors.items() if k not in METRICS}
     config: dict[str, Any] = {
         "target": target.name, "target_description": target.description, "sde": sde.config(),
         "solvers": [s.label for s in specs], "budgets": budgets, "budget_mode": budget_mode,
@@ -559,8 +584,8 @@ def _run(target: Target, specs: list[SolverSpec], budgets: list[int], out: Path 
         "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
                     "device": str(model.device)},
     }
-    if "avg_logp" in exact_floors:
-        config["target_avg_logp"] = exact_floors["avg_logp"]["mean"]
+    if "avg_logp" in score_floors:
+        config["target_avg_logp"] = score_floors["avg_logp"]["mean"]
 
     rows: list[dict[str, Any]] = []
     rep_rows: list[dict[str, Any]] = []
@@ -597,6 +622,18 @@ def _run(target: Target, specs: list[SolverSpec], budgets: list[int], out: Path 
             path_ref = split(res.x)
             config["reference"] = {"solver": "pf_ode (dopri5, adaptive)", "rtol": reference_tol,
                                    "atol": reference_tol, "nfe": res.nfe}
+            try:     # the reference's own accuracy: its distance to a 10x tighter solve
+                tight = split(sample(model, solver="pf_ode", nfe=None, x_T=x_T, t_end=t_end,
+                                     rtol=reference_tol / 10, atol=reference_tol / 10).x)
+            except SamplingError:
+                tight = None
+            if tight is not None:
+                acc = [float((a.double() - b.double()).reshape(n, -1).norm(dim=1).mean().cpu())
+                       for a, b in zip(path_ref, tight, strict=True)]
+                ci = t_interval(acc, level)
+                score_floors["pathwise"] = all_floors["pathwise"] = {
+                    "mean": ci.mean, "std": float(np.std(acc, ddof=1)), "low": ci.low,
+                    "high": ci.high, "values": acc}
             row = {"solver": "reference", "name": "pf_ode", "options": json.dumps(
                 {"rtol": reference_tol, "atol": reference_tol}), "base": "reference",
                 "grid": None, "grid_used": "adaptive", "adaptive": True, "budget": None,
@@ -652,10 +689,11 @@ def _run(target: Target, specs: list[SolverSpec], budgets: list[int], out: Path 
             record(row, reps)
     finally:
         bar.close()
-    comp = Comparison(config, floors, rows, out, rep_rows, exact_floors, reference)
+    config["seconds"] = time.perf_counter() - t_start
+    comp = Comparison(config, floors, rows, out, rep_rows, score_floors, reference)
     if out is not None:
         write_json(out / "results.json", {"config": config, "floors": floors,
-                                          "exact_floors": exact_floors, "rows": rows,
+                                          "score_floors": score_floors, "rows": rows,
                                           "reference": reference, "replicates": rep_rows})
         write_report(comp, model, refs[0], kept, specs, budgets, trajectories, x_T[:n], t_end)
     return comp

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -104,22 +105,28 @@ def plot_error_vs_nfe(curves: dict[str, tuple[Sequence[float], ...]],
     """Log-log error vs NFE, one line per solver, with the noise floor drawn.
 
     ``curves`` maps a label to ``(nfe, err)`` or ``(nfe, err, low, high)``: with ``low`` and
-    ``high`` (a confidence interval per point) a shaded band is drawn around the line.
+    ``high`` (a confidence interval per point) a shaded band is drawn around the line. More
+    than 10 lines take the 20 colours of ``tab20`` (and varying markers).
     ``floor`` is ``(mean, spread)`` (band mean ± spread) or ``(mean, low, high)``.
     """
-    fig, axes = _figure(figsize=(6.5, 4.5))
+    fig, axes = _figure(figsize=(7, 4.8))
     ax = axes[0][0]
-    for name, cur in curves.items():
+    tab20 = list(matplotlib.colormaps["tab20"].colors)
+    colors = tab20[0::2] + tab20[1::2] if len(curves) > 10 else None   # more than 10 lines
+    markers = "os^Dv<>"
+    for i, (name, cur) in enumerate(curves.items()):
         nfe_a, err_a = np.asarray(cur[0], float), np.asarray(cur[1], float)
         ok = np.isfinite(err_a) & (err_a > 0)
         if not ok.any():
             continue
-        (line,) = ax.plot(nfe_a[ok], err_a[ok], marker="o", ms=3, label=name)
+        style = {"color": colors[i % len(colors)]} if colors else {}
+        (line,) = ax.plot(nfe_a[ok], err_a[ok], marker=markers[i % len(markers)], ms=3,
+                          lw=1.2, label=name, **style)
         if len(cur) == 4:
             lo, hi = np.asarray(cur[2], float)[ok], np.asarray(cur[3], float)[ok]
             lo = np.where(np.isfinite(lo) & (lo > 0), lo, err_a[ok] * 0.05)
             ax.fill_between(nfe_a[ok], lo, np.where(np.isfinite(hi), hi, err_a[ok]),
-                            color=line.get_color(), alpha=0.15, lw=0)
+                            color=line.get_color(), alpha=0.08, lw=0)
     if floor is not None and floor[0] > 0:
         if len(floor) == 3:
             lo, hi = floor[1], floor[2]

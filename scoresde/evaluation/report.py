@@ -23,7 +23,8 @@ from .specs import SolverSpec
 
 Tensor = torch.Tensor
 
-__all__ = ["versions", "write_json", "write_csv", "write_report", "trajectory_specs"]
+__all__ = ["versions", "write_json", "write_csv", "write_report", "write_error_plots",
+           "write_markdown", "trajectory_specs"]
 
 
 def versions() -> dict[str, str]:
@@ -129,6 +130,34 @@ def _design(cfg: dict[str, Any], specs: Sequence[SolverSpec]) -> list[str]:
     return lines
 
 
+def write_error_plots(comp: Any) -> list[Path]:
+    """The error-vs-NFE plots of a comparison into ``comp.out_dir``: one per registered
+    metric, plus the pathwise error and the Stein discrepancy when computed; means with their
+    95% bands and the floor. Needs only the `Comparison` (also one from
+    `Comparison.load`). **Returns:** the paths written."""
+    from . import plots  # matplotlib is imported only when a report is written
+
+    cfg, rows = comp.config, comp.rows
+    floors = {**comp.floors, **comp.score_floors}
+    labels = list(dict.fromkeys(r["solver"] for r in rows if r["budget"] is not None))
+    has = {k for r in rows for k in r}
+    plotted = [(k, m.title) for k, m in METRICS.items()]
+    if "pathwise" in has:
+        plotted.append(("pathwise", "pathwise error E|x - x_ref| (deterministic solvers)"))
+    if "ksd" in has:
+        plotted.append(("ksd", "kernel Stein discrepancy² (IMQ, exact score)"))
+    out = []
+    for k, title in plotted:
+        fl = floors.get(k)
+        out.append(plots.plot_error_vs_nfe(
+            _curves(comp, k, labels), comp.out_dir / f"error_vs_nfe_{k}.png",
+            floor=(fl["mean"], fl["low"], fl["high"]) if fl else None, ylabel=title,
+            floor_label="reference accuracy" if k == "pathwise" else "noise floor (95% CI)",
+            title=f"{cfg['target']}: {title}\nmean and 95% CI over {cfg.get('replicates', 1)} "
+                  "replicates"))
+    return out
+
+
 def write_report(comp: Any, model: ScoreModel, ref: Tensor,
                  kept: dict[tuple[str, int], Tensor], specs: list[SolverSpec],
                  budgets: list[int], trajectories: bool | Sequence[str], x_T: Tensor,
@@ -142,24 +171,10 @@ def write_report(comp: Any, model: ScoreModel, ref: Tensor,
     out = comp.out_dir
     if out is None:
         return
-    cfg, rows = comp.config, comp.rows
-    floors = {**comp.floors, **comp.exact_floors}
+    cfg = comp.config
     fixed = [s for s in specs if not s.adaptive]
     labels = [s.label for s in fixed]
-    has = {k for r in rows for k in r}
-    plotted = [(k, m.title) for k, m in METRICS.items()]
-    if "pathwise" in has:
-        plotted.append(("pathwise", "pathwise error E|x - x_ref| (deterministic solvers)"))
-    if "ksd" in has:
-        plotted.append(("ksd", "kernel Stein discrepancy² (IMQ, exact score)"))
-    for k, title in plotted:
-        fl = floors.get(k)
-        plots.plot_error_vs_nfe(
-            _curves(comp, k, labels), out / f"error_vs_nfe_{k}.png",
-            floor=(fl["mean"], fl["low"], fl["high"]) if fl else None, ylabel=title,
-            floor_label="noise floor (95% CI)",
-            title=f"{cfg['target']}: {title}\nmean and 95% CI over {cfg.get('replicates', 1)} "
-                  "replicates")
+    write_error_plots(comp)
     if ref.shape[1:] == (2,):
         plots.plot_sample_grid(kept, labels, budgets, out / "samples_grid.png", ref=ref[:3000],
                                lim=float(ref.abs().max()) * 1.1)
@@ -176,6 +191,17 @@ def write_report(comp: Any, model: ScoreModel, ref: Tensor,
                 paths[f"{spec.label}, NFE {b}"] = (res.times, res.trajectory)
             if paths:
                 plots.plot_trajectories(paths, out / "trajectories.png")
+    write_markdown(comp, specs)
+
+
+def write_markdown(comp: Any, specs: Sequence[SolverSpec]) -> Path:
+    """``report.md`` of a comparison (its tables, verdicts and the plots present in
+    ``comp.out_dir``), from the `Comparison` alone (also one from `Comparison.load`).
+    **Returns:** its path."""
+    out = comp.out_dir
+    cfg, rows = comp.config, comp.rows
+    floors = {**comp.floors, **comp.score_floors}
+    has = {k for r in rows for k in r}
     lines = [f"# Sampler comparison: {cfg['target']}", "", f"{cfg['target_description']}.", "",
              *_design(cfg, specs), "",
              "## Headline: sliced W2 / noise floor (1.00 = as close as exact samples)", "",
@@ -217,7 +243,9 @@ def write_report(comp: Any, model: ScoreModel, ref: Tensor,
         lines += ["## Other distances to the reference sets", ""]
         for k in others:
             lines += [f"### {METRICS[k].title}", "", comp.headline(k, legend=False), ""]
-    lines += ["## Noise floors", "", "| score | mean | 95% CI | std of one pair | pairs |",
+    lines += ["## Noise floors", "", "Each score between independent exact sets of size n "
+              "(pathwise: the reference solve against one 10 times tighter, per replicate).", "",
+              "| score | mean | 95% CI | std of one pair | pairs |",
               "|---|---|---|---|---|"]
     for k, v in floors.items():
         lines.append(f"| {k} | {v['mean']:.4g} | [{v['low']:.4g}, {v['high']:.4g}] | "
@@ -239,3 +267,4 @@ def write_report(comp: Any, model: ScoreModel, ref: Tensor,
     pngs = sorted(p.name for p in out.glob("*.png"))
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in pngs]
     (out / "report.md").write_text("\n".join(lines) + "\n")
+    return out / "report.md"

@@ -260,7 +260,7 @@ class Verdict:
 
 
 def compare_to_leader(values: Mapping[str, Sequence[float]], level: float = 0.95,
-                      correction: str = "holm") -> Verdict:
+                      correction: str = "holm", margin: float = 0.0) -> Verdict:
     r"""Rank labels by their mean value (lower is better) and test the leader against each
     other label with paired differences (one value per replicate, the same replicates for
     every label).
@@ -269,6 +269,11 @@ def compare_to_leader(values: Mapping[str, Sequence[float]], level: float = 0.95
     paired difference $B - \text{leader}$ is at most $\alpha = 1 - \text{level}$;
     ``correction="holm"`` adjusts over the $m - 1$ comparisons with the leader, ``"none"``
     uses each paired interval alone. Labels it is not better than join its group.
+
+    ``margin`` $\ge 0$ is the smallest difference that counts (the resolution of the
+    measurement, e.g. the accuracy of a pathwise reference): the leader is then better only if
+    the difference is significantly larger than ``margin`` (the $p$-value tests
+    $\mathbb E\,d = \text{margin}$, so the paired interval must lie above ``margin``).
 
     Choosing the leader by its sample mean and then testing it is a comparison with the
     (estimated) best; the Holm correction keeps the chance of any false "better" at most
@@ -281,15 +286,18 @@ def compare_to_leader(values: Mapping[str, Sequence[float]], level: float = 0.95
         raise ValueError(f"correction must be 'holm' or 'none', got {correction!r}")
     if not values:
         raise ValueError("no values to rank")
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0:
+        raise ValueError(f"margin must be a number >= 0, got {margin!r}")
     means = {k: math.fsum(map(float, v)) / len(v) for k, v in values.items()}
     order = sorted(means, key=lambda k: means[k])
     leader = order[0]
     diffs = {k: paired_difference(values[k], values[leader], level) for k in order[1:]}
-    ps = [d.p_value for d in diffs.values()]
+    ps = [_difference(d.mean - margin, d.se, d.df, d.n, level).p_value if margin else d.p_value
+          for d in diffs.values()]
     adj = holm(ps) if correction == "holm" else ps
     alpha = 1.0 - level
     group, others, out = [leader], [], {}
     for (k, d), pa in zip(diffs.items(), adj, strict=True):
         out[k] = (d, pa)
-        (others if (pa <= alpha and d.mean > 0) else group).append(k)
+        (others if (pa <= alpha and d.mean > margin) else group).append(k)
     return Verdict(leader, means, group, others, out, alpha)
