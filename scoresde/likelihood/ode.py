@@ -104,7 +104,7 @@ VARIABLES = FLOW_VARIABLES
 #: (docs/likelihood.md, "Integration variables")
 DEFAULT_VARIABLE = "sigma"
 #: the variable of `pf_ode_encode` / `pf_ode_decode(variable=None)`, likewise: decoding in
-#: sigma/alpha took 1.3-2.3x the evaluations of the log-SNR (docs/likelihood.md)
+#: sigma/alpha took 1.5-2.6x the evaluations of the log-SNR (docs/likelihood.md)
 DEFAULT_FLOW_VARIABLE = "log_snr"
 #: error norms of the adaptive solve, by name (`per_sample_norm`, `batch_rms_norm`, `LogpNorm`)
 NORMS = ("per_sample", "rms", "logp")
