@@ -282,7 +282,7 @@ def cmd_likelihood(a: argparse.Namespace) -> int:
 
 
 # ----- demo ------------------------------------------------------------------------------
-DEMO_BUDGETS = (10, 20, 50, 100, 200)
+DEMO_BUDGETS = (10, 20, 50, 100)
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
@@ -456,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the README's demo: compare, train, compare, likelihood")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
-    d.add_argument("--steps", type=int, default=8000, help="training steps")
+    d.add_argument("--steps", type=int, default=6000, help="training steps")
     d.add_argument("--n", type=int, default=500, help="samples per replicate")
     d.add_argument("--replicates", type=int, default=5, help="replicates per comparison")
     d.add_argument("--seed", type=int, default=0)
