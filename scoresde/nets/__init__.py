@@ -1,5 +1,5 @@
-"""Neural networks for score models: `net(x, t)` with the shape of `x`; one registry
-(`NETS`, `register_net`)."""
+"""Neural networks for score models: `net(x, t)` with the shape of `x` (`MLPScoreNet` for
+vectors, `UNet` for images); one registry (`NETS`, `register_net`)."""
 
 from .mlp import (
     ACTIVATIONS,
@@ -9,6 +9,7 @@ from .mlp import (
     SinusoidalEmbedding,
 )
 from .registry import NETS, get_net_class, net_from_config, register_net
+from .unet import PRESETS, UNet
 
 __all__ = [
     "ACTIVATIONS",
@@ -16,6 +17,8 @@ __all__ = [
     "GaussianFourierEmbedding",
     "MLPScoreNet",
     "SinusoidalEmbedding",
+    "UNet",
+    "PRESETS",
     "NETS",
     "register_net",
     "get_net_class",

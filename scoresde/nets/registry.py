@@ -14,7 +14,7 @@ from torch import nn
 __all__ = ["NETS", "register_net", "get_net_class", "net_from_config"]
 
 NETS: dict[str, type[nn.Module]] = {}
-"""Every registered network class, by name (`"mlp"`: `MLPScoreNet`)."""
+"""Every registered network class, by name (`"mlp"`: `MLPScoreNet`, `"unet"`: `UNet`)."""
 
 N = TypeVar("N", bound=type)
 
