@@ -14,9 +14,12 @@ from .likelihood import (
     LikelihoodResult,
     bits_per_dim,
     dequantized_bits_per_dim,
+    image_bits_per_dim,
+    level_centers,
     log_likelihood,
     pf_ode_decode,
     pf_ode_encode,
+    quantize,
     uniform_dequantize,
     variational_bound,
 )
@@ -60,5 +63,5 @@ __all__ = [
     "BudgetError", "SamplingError", "compare",
     "log_likelihood", "LikelihoodResult", "pf_ode_encode", "pf_ode_decode", "FlowResult",
     "variational_bound", "BoundResult", "bits_per_dim", "uniform_dequantize",
-    "dequantized_bits_per_dim", "BPDResult",
+    "dequantized_bits_per_dim", "BPDResult", "image_bits_per_dim", "level_centers", "quantize",
 ]

@@ -406,8 +406,11 @@ DATASETS: dict[str, Callable[..., torch.Tensor]] = {
     "rings": rings,
     "pinwheel": pinwheel,
 }
-"""Every registered toy data set: name -> sampler
-`fn(n, *, generator, dtype, device, **params)`."""
+"""Every registered data set: name -> sampler `fn(n, *, generator, dtype, device, **params)`
+returning `(n, *event_shape)`. A fixed image data set (e.g. `"digits"`) is an
+[`ImageSource`][scoresde.data.images.ImageSource]: callable so, and with `.load(split)`
+giving the [`ImageDataset`][scoresde.data.images.ImageDataset] with its quantization
+([`load_dataset`][scoresde.data.images.load_dataset])."""
 
 TOY_DATASETS: tuple[str, ...] = tuple(DATASETS)
 """Names of the built-in toy data sets (the registry `DATASETS` may hold more)."""
@@ -417,7 +420,9 @@ def register_dataset(name: str, fn: Callable[..., torch.Tensor] | None = None) -
     """Register a toy sampler `fn(n, *, generator=None, dtype=None, device=None, **params)`
     returning `(n, *event_shape)` under `name` (`register_dataset("mine", fn)` or as a
     decorator); [`sample_toy`][scoresde.data.toy.sample_toy] and the CLI's `--data` then
-    know it."""
+    know it. For a fixed image data set register an
+    [`ImageSource`][scoresde.data.images.ImageSource] (it is such a callable, and
+    [`load_dataset`][scoresde.data.images.load_dataset] gives its splits)."""
     if not isinstance(name, str) or not name:
         raise TypeError(f"a data set name must be a non-empty string, got {name!r}")
 

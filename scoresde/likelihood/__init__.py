@@ -2,7 +2,17 @@
 (`bound`) and bits per dimension with dequantization (`bpd`)."""
 
 from .bound import BoundResult, variational_bound
-from .bpd import SCALINGS, BPDResult, bits_per_dim, dequantized_bits_per_dim, uniform_dequantize
+from .bpd import (
+    QUANTIZED_SCALINGS,
+    SCALINGS,
+    BPDResult,
+    bits_per_dim,
+    dequantized_bits_per_dim,
+    image_bits_per_dim,
+    level_centers,
+    quantize,
+    uniform_dequantize,
+)
 from .ode import (
     DEFAULT_FLOW_VARIABLE,
     DEFAULT_VARIABLE,
@@ -24,4 +34,5 @@ __all__ = ["LikelihoodResult", "FlowResult", "BoundResult", "BPDResult", "log_li
            "pf_ode_encode", "pf_ode_decode", "variational_bound", "bits_per_dim",
            "uniform_dequantize", "dequantized_bits_per_dim", "per_sample_norm", "batch_rms_norm",
            "LogpNorm", "DIVERGENCES", "PROBES", "SCALINGS", "VARIABLES", "NORMS",
-           "DEFAULT_VARIABLE", "DEFAULT_FLOW_VARIABLE"]
+           "DEFAULT_VARIABLE", "DEFAULT_FLOW_VARIABLE", "QUANTIZED_SCALINGS",
+           "image_bits_per_dim", "level_centers", "quantize"]
