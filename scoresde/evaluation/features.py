@@ -308,7 +308,8 @@ def data_fingerprint(x: Tensor, y: Tensor | None = None) -> str:
         raise TypeError(f"x must be a tensor, got {type(x).__name__}")
     flat = x.detach().reshape(-1)
     k = min(_FINGERPRINT_VALUES, flat.numel())
-    idx = torch.linspace(0, max(0, flat.numel() - 1), k, device=flat.device).round().long()
+    idx = torch.linspace(0, max(0, flat.numel() - 1), k, dtype=torch.float64,
+                         device=flat.device).round().long()
     h = hashlib.sha256(f"{tuple(x.shape)}".encode())
     h.update(flat[idx].to(torch.float32).cpu().numpy().tobytes())
     if y is not None:

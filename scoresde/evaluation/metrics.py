@@ -851,7 +851,9 @@ def feature_metric(
 
     ``fn(x, y, seed)`` embeds the sample set and the reference set (rows are samples,
     flattened images ``(n, C*H*W)`` as the comparison passes them, or images) and compares
-    the embeddings; KID draws its subsets from a generator seeded with ``seed``. With
+    the embeddings (both sets are embedded at every call: a comparison re-embeds its
+    reference set per run, cheap for small images); KID draws its subsets from a generator
+    seeded with ``seed``. With
     ``register=True`` (default) it is added to :data:`METRICS` under ``name`` (default
     ``kind``), so every later comparison reports it (``METRICS.pop(name)`` removes it).
 

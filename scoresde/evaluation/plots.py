@@ -9,7 +9,9 @@ so importing scoresde neither picks a backend nor disturbs a notebook's inline p
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,9 @@ import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+
+from ..files import default_mode
+from ..validation import check_int, check_positive, check_real
 
 __all__ = ["plot_losses", "plot_score_fields", "plot_error_vs_nfe", "plot_sample_grid",
            "plot_trajectories", "plot_samples", "image_grid", "save_image_grid",
@@ -221,8 +226,9 @@ def image_grid(x: torch.Tensor, nrow: int | None = None, padding: int = 1,
                pad_value: float = 1.0) -> torch.Tensor:
     """Tile a batch of images into one image, as ``torchvision.utils.make_grid`` lays it out.
 
-    Image ``i`` goes to row ``i // nrow``, column ``i % nrow``; every image is surrounded by
-    ``padding`` pixels of ``pad_value`` (the outer border included), so the result has height
+    Image ``i`` goes to row ``i // nrow``, column ``i % nrow`` (``nrow`` is capped at ``B``);
+    every image is surrounded by ``padding`` pixels of ``pad_value`` (the outer border
+    included), so the result has height
     ``rows * (H + padding) + padding`` and width ``nrow * (W + padding) + padding``; cells
     after the last image stay ``pad_value``. Values are mapped linearly from ``value_range``
     to ``[0, 1]`` and clamped (``value_range=None``: the batch's own minimum and maximum).
@@ -238,15 +244,13 @@ def image_grid(x: torch.Tensor, nrow: int | None = None, padding: int = 1,
     **Returns:** ``(C, H', W')`` tensor in ``[0, 1]`` (``x``'s floating dtype, or the default
     dtype for integer images), on ``x``'s device.
     """
-    from ..validation import check_int, check_real
-
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor of images (B, C, H, W), got {type(x).__name__}")
     if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[0] < 1:
         raise ValueError(f"x must have shape (B, C, H, W) with B >= 1 and C = 1 or 3, got "
                          f"{tuple(x.shape)}")
     b, c, h, w = x.shape
-    nrow = min(b, int(np.ceil(np.sqrt(b)))) if nrow is None else check_int("nrow", nrow, 1)
+    nrow = min(b, int(np.ceil(np.sqrt(b))) if nrow is None else check_int("nrow", nrow, 1))
     padding = check_int("padding", padding, 0)
     pad_value = check_real("pad_value", pad_value, low=0.0, high=1.0)
     rng = _check_value_range(value_range)
@@ -279,11 +283,6 @@ def _to_uint8(grid: torch.Tensor) -> np.ndarray:
 def _write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside `path` (same suffix, so writers that
     pick the format from the name still do), then rename it over `path`."""
-    import contextlib
-    import tempfile
-
-    from ..files import default_mode
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
@@ -310,8 +309,6 @@ def save_image_grid(x: torch.Tensor, path: str | os.PathLike, nrow: int | None =
     **Returns:** the path.
     """
     from PIL import Image
-
-    from ..validation import check_int
 
     scale = check_int("scale", scale, 1)
     grid = image_grid(x, nrow, padding, value_range, pad_value=pad_value)
@@ -344,8 +341,6 @@ def save_trajectory_gif(trajectory: torch.Tensor, times: torch.Tensor, path: str
     """
     from matplotlib.animation import PillowWriter
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    from ..validation import check_int, check_positive
 
     if not isinstance(trajectory, torch.Tensor) or trajectory.ndim != 5:
         got = tuple(trajectory.shape) if isinstance(trajectory, torch.Tensor) else type(trajectory).__name__
