@@ -246,7 +246,8 @@ def test_classifier_learns_blob_positions(cached, blob_data):
     np.testing.assert_allclose(res.classifier.embed(x[:3]).numpy(), f[:3].numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_classifier_cache_is_reused_and_refused_for_other_data(cached, blob_data, monkeypatch):
+def test_classifier_cache_is_reused_and_refused_for_other_data(cached, blob_data, monkeypatch,
+                                                                 tmp_path):
     folder, res, _ = cached
     x, y = blob_data
     path = folder / CACHE_NAME
@@ -271,6 +272,12 @@ def test_classifier_cache_is_reused_and_refused_for_other_data(cached, blob_data
     # the same data in float64 is the same data
     assert data_fingerprint(x.double(), y) == data_fingerprint(x, y)
     assert data_fingerprint(x, y) != data_fingerprint(x, (y + 1) % 3)
+    # a cache written by another version of the classifier code is refused too
+    other = tmp_path / "old"
+    ckpt = sd.load_checkpoint(path)
+    sd.save_checkpoint({**ckpt, "cache_version": 0}, other / CACHE_NAME)
+    with pytest.raises(ValueError, match="another version"):
+        feature_classifier(x, y, other, seed=1, steps=100, width=16, batch_size=64)
     # retrain=True replaces it
     small = feature_classifier(x, y, folder, seed=2, steps=2, width=8, batch_size=8, retrain=True)
     assert calls == [1] and path.stat().st_mtime_ns != mtime

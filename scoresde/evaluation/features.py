@@ -42,6 +42,8 @@ CACHE_NAME = "feature_classifier.pt"
 """The file name of the cached classifier in `cache_dir`."""
 
 _CACHE_KIND = "scoresde-feature-classifier"
+# bump when the classifier, its training or the fingerprint change: older caches are refused
+_CACHE_VERSION = 1
 # the number of evenly spaced pixel values that enter the data fingerprint
 _FINGERPRINT_VALUES = 4096
 
@@ -358,6 +360,10 @@ def feature_classifier(
         ckpt = load_checkpoint(path, map_location=x.device)
         if ckpt.get("kind") != _CACHE_KIND:
             raise ValueError(f"{str(path)!r} is a checkpoint but not a feature classifier")
+        if ckpt.get("cache_version") != _CACHE_VERSION:
+            raise ValueError(f"the cached feature classifier {str(path)!r} was made by another "
+                             f"version of scoresde (cache version {ckpt.get('cache_version')}, "
+                             f"this one reads {_CACHE_VERSION}); retrain=True replaces it")
         if ckpt["fingerprint"] != fingerprint or list(ckpt["shape"]) != list(x.shape):
             raise ValueError(
                 f"the cached feature classifier {str(path)!r} was trained on other data "
@@ -379,7 +385,8 @@ def feature_classifier(
     t0 = time.perf_counter()
     res = train_feature_classifier(x, y, generator=torch.Generator().manual_seed(seed),
                                    steps=steps, **options)
-    save_checkpoint({"kind": _CACHE_KIND, "config": res.classifier.config(),
+    save_checkpoint({"kind": _CACHE_KIND, "cache_version": _CACHE_VERSION,
+                     "config": res.classifier.config(),
                      "model": res.classifier.state_dict(), "test_accuracy": res.test_accuracy,
                      "fingerprint": fingerprint, "shape": list(x.shape), "options": wanted},
                     path)
