@@ -52,6 +52,16 @@ from .sdes import (
 from .training import Trainer, load_checkpoint, load_model, save_checkpoint
 from .version import __version__
 
+
+def __getattr__(name: str) -> object:
+    # `sd.plots` loads the plots (and matplotlib) on first use only
+    if name == "plots":
+        import importlib
+
+        return importlib.import_module(".plots", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "__version__", "analytic", "data", "dynamics", "evaluation", "likelihood", "nets",
     "validation",

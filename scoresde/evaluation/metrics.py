@@ -12,6 +12,11 @@ floating dtype on their device; float64 inputs are computed in float64.
 - :func:`kernel_stein_discrepancy` — squared KSD against a known score, no reference set
   (Liu, Lee & Jordan 2016; Gorham & Mackey 2017).
 - :func:`mean_cov_errors` — errors of the sample mean and covariance against exact values.
+- :func:`frechet_distance` and :func:`kid` — the Fréchet distance (Heusel et al. 2017) and
+  the kernel inception distance (Bińkowski et al. 2018) between *feature* sets, e.g. image
+  embeddings of the library's classifier (`scoresde.evaluation.features`);
+  :func:`feature_metric` registers them for a feature function. **Not comparable to
+  Inception FID/KID.**
 - :func:`noise_floor` — the value a metric takes between two *independent exact* sample
   sets of the same size, so that every reported number can stand next to its floor.
 
@@ -39,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..validation import check_int, check_real
+from ..validation import check_choice, check_int, check_real
 
 __all__ = [
     "METRICS",
@@ -47,6 +52,11 @@ __all__ = [
     "register_metric",
     "NoiseFloor",
     "energy_distance",
+    "feature_metric",
+    "frechet_distance",
+    "gaussian_frechet_distance",
+    "kid",
+    "KIDResult",
     "kernel_stein_discrepancy",
     "mean_cov_errors",
     "mmd",
@@ -506,6 +516,178 @@ def kernel_stein_discrepancy(
     return total / (n * (n - 1))
 
 
+# ------------------------------------------------------------ feature-space (image) metrics
+
+
+def _psd_sqrt(s: Tensor) -> Tensor:
+    """The symmetric square root of a symmetric PSD matrix, by eigendecomposition (slightly
+    negative eigenvalues from rounding are set to 0)."""
+    w, v = torch.linalg.eigh(s)
+    return (v * w.clamp_min(0.0).sqrt()) @ v.T
+
+
+def gaussian_frechet_distance(mean1: Tensor, cov1: Tensor, mean2: Tensor, cov2: Tensor) -> Tensor:
+    r"""The Fréchet (Wasserstein-2²) distance between $N(\mu_1, \Sigma_1)$ and
+    $N(\mu_2, \Sigma_2)$ (Dowson & Landau 1982):
+
+    $$
+    d^2 = \|\mu_1 - \mu_2\|^2 + \operatorname{Tr}\big(\Sigma_1 + \Sigma_2
+    - 2 (\Sigma_1 \Sigma_2)^{1/2}\big).
+    $$
+
+    **How the matrix square root is computed.** $\Sigma_1\Sigma_2$ is not symmetric, and a
+    general matrix square root (``scipy.linalg.sqrtm``, as in the reference FID code) can
+    return complex values or fail for the singular covariances of features (fewer samples
+    than dimensions). Only its trace is needed: $\Sigma_1\Sigma_2$ is similar to
+    $\Sigma_1^{1/2}\Sigma_2\Sigma_1^{1/2} = M M^\top$ with
+    $M = \Sigma_1^{1/2}\Sigma_2^{1/2}$, so the eigenvalues of $(\Sigma_1\Sigma_2)^{1/2}$ are
+    the singular values of $M$, and $\operatorname{Tr}(\Sigma_1\Sigma_2)^{1/2} = \|M\|_*$
+    (the nuclear norm). The symmetric square roots $\Sigma_i^{1/2}$ come from `eigh`
+    (negative rounding eigenvalues clamped to 0) and the singular values from `svdvals`, all
+    in float64: real by construction, defined for singular matrices, symmetric in the two
+    arguments, and exactly 0 (to rounding, about $10^{-15}\operatorname{Tr}\Sigma$) for equal
+    covariances. Near-zero eigenvalues are the one inherent limit: the square root is not
+    Lipschitz at 0, so an eigenvalue known to $\epsilon\|\Sigma\|$ contributes an error of
+    order $\sqrt{\epsilon}\,\|\Sigma\|$ whatever the method. A result below 0 from rounding is
+    returned as 0.
+
+    **Arguments:** `mean1`, `mean2` of shape ``(D,)``; `cov1`, `cov2` symmetric positive
+    semi-definite of shape ``(D, D)``.
+
+    **Returns:** 0-d float64 tensor on the inputs' device.
+    """
+    m1, m2, c1, c2 = (torch.as_tensor(a).to(torch.float64) for a in (mean1, mean2, cov1, cov2))
+    d = m1.shape[0] if m1.ndim == 1 else -1
+    if m1.shape != (d,) or m2.shape != (d,) or c1.shape != (d, d) or c2.shape != (d, d):
+        raise ValueError(f"need means of shape (D,) and covariances of shape (D, D) with one D, "
+                         f"got {tuple(m1.shape)}, {tuple(c1.shape)}, {tuple(m2.shape)}, "
+                         f"{tuple(c2.shape)}")
+    for name, a in (("mean1", m1), ("cov1", c1), ("mean2", m2), ("cov2", c2)):
+        if not bool(torch.isfinite(a).all()):
+            raise ValueError(f"{name} must be finite")
+    c1, c2 = (c1 + c1.T) / 2, (c2 + c2.T) / 2
+    tr_sqrt = torch.linalg.svdvals(_psd_sqrt(c1) @ _psd_sqrt(c2)).sum()
+    fd = (m1 - m2).square().sum() + torch.trace(c1) + torch.trace(c2) - 2.0 * tr_sqrt
+    return fd.clamp_min(0.0)
+
+
+def frechet_distance(x: Tensor, y: Tensor) -> Tensor:
+    r"""Fréchet distance between Gaussians fitted to two feature sets (the FD of FID:
+    Heusel et al. 2017, "GANs trained by a two time-scale update rule converge to a local
+    Nash equilibrium").
+
+    $$
+    \mathrm{FD} = \|\bar x - \bar y\|^2 + \operatorname{Tr}\big(S_x + S_y
+    - 2 (S_x S_y)^{1/2}\big),
+    $$
+    with the sample means and the unbiased sample covariances ($1/(n-1)$, as ``numpy.cov``
+    and the reference FID code); see :func:`gaussian_frechet_distance` for the matrix square
+    root (float64, nuclear norm of $S_x^{1/2} S_y^{1/2}$).
+
+    **Bias.** The estimate is biased upward: between two independent sets from the *same*
+    distribution it is positive, of order $\operatorname{Tr}\Sigma \cdot D / n$, and it
+    falls as $n$ grows (Chong & Forsyth 2020, "Effectively unbiased FID and Inception score
+    and where to find them"). Compare values only at equal sample sizes, next to the
+    real-vs-real floor (:func:`noise_floor`).
+
+    **Features.** For images, ``x`` and ``y`` are embeddings, e.g. of the library's own
+    classifier ([`FeatureClassifier.embed`][scoresde.evaluation.features.FeatureClassifier.embed]);
+    such values are **not comparable to Inception FID**.
+
+    **Arguments:** ``x`` ``(n, D)`` and ``y`` ``(m, D)``, ``n, m >= 2``.
+
+    **Returns:** 0-d tensor (computed in float64; returned in the inputs' dtype, on their
+    device).
+    """
+    x, y = _check_pair(x, y)
+    dtype = x.dtype
+    x, y = x.to(torch.float64), y.to(torch.float64)
+
+    def stats(a: Tensor) -> tuple[Tensor, Tensor]:
+        mu = a.mean(dim=0)
+        ac = a - mu
+        return mu, ac.T @ ac / (a.shape[0] - 1)
+
+    return gaussian_frechet_distance(*stats(x), *stats(y)).to(dtype)
+
+
+class KIDResult(NamedTuple):
+    """Result of :func:`kid`: the mean and the standard deviation (``ddof=1``; NaN for one
+    subset) of the unbiased MMD² over the subsets, and the values per subset."""
+
+    mean: Tensor
+    std: Tensor
+    values: Tensor
+
+
+def kid(
+    x: Tensor,
+    y: Tensor,
+    subsets: int = 100,
+    subset_size: int | None = None,
+    generator: torch.Generator | None = None,
+) -> KIDResult:
+    r"""Kernel distance between two feature sets: the KID of Bińkowski et al. 2018
+    ("Demystifying MMD GANs").
+
+    The unbiased estimate of the squared MMD with the cubic polynomial kernel
+    $k(a, b) = (a^\top b / D + 1)^3$ ($D$ the feature dimension),
+
+    $$
+    \widehat{\mathrm{MMD}}{}^2 = \frac{1}{s(s-1)}\sum_{i \ne j} k(x_i, x_j)
+    + \frac{1}{s(s-1)}\sum_{i \ne j} k(y_i, y_j) - \frac{2}{s^2}\sum_{i, j} k(x_i, y_j),
+    $$
+    on ``subsets`` pairs of random subsets of ``s = subset_size`` rows of ``x`` and of ``y``
+    (each drawn without replacement, independently, with ``generator``), averaged, as in the
+    reference implementation. **Unbiased:** its expectation is exactly 0 when ``x`` and
+    ``y`` come from the same distribution (single values can be negative), whatever ``s``;
+    no Gaussian assumption. The ``std`` over subsets measures the subsampling spread (the
+    subsets overlap, so ``std / sqrt(subsets)`` is not a standard error of the mean).
+
+    **Arguments:**
+
+    - ``x``: features ``(n, D)``; ``y``: features ``(m, D)``.
+    - ``subsets``: number of subset pairs (>= 1; default 100).
+    - ``subset_size``: ``s``, at most ``min(n, m)``; default ``min(1000, n, m)``.
+    - ``generator``: draws the subsets (``None``: the global RNG of the data's device).
+
+    **Returns:** :class:`KIDResult` ``(mean, std, values)``, computed in float64, returned in
+    the inputs' dtype on their device.
+    """
+    x, y = _check_pair(x, y)
+    check_int("subsets", subsets, 1)
+    n, m = x.shape[0], y.shape[0]
+    if subset_size is None:
+        s = min(1000, n, m)
+    else:
+        s = check_int("subset_size", subset_size, 2)
+        if s > min(n, m):
+            raise ValueError(f"subset_size={s} is larger than the smaller set (n={n}, m={m}); "
+                             "pass subset_size <= min(n, m) or None")
+    dtype = x.dtype
+    x, y = x.to(torch.float64), y.to(torch.float64)
+    d = x.shape[1]
+    device = generator.device if generator is not None else x.device
+    idx_x = torch.stack([torch.randperm(n, generator=generator, device=device)[:s]
+                         for _ in range(subsets)]).to(x.device)
+    idx_y = torch.stack([torch.randperm(m, generator=generator, device=device)[:s]
+                         for _ in range(subsets)]).to(x.device)
+    per_chunk = max(1, _BLOCK_PAIRS // (s * s))
+    values = []
+    for start in range(0, subsets, per_chunk):
+        a, b = x[idx_x[start:start + per_chunk]], y[idx_y[start:start + per_chunk]]  # (c, s, D)
+        kxx = (a @ a.transpose(1, 2) / d + 1.0).pow_(3)
+        kyy = (b @ b.transpose(1, 2) / d + 1.0).pow_(3)
+        kxy = (a @ b.transpose(1, 2) / d + 1.0).pow_(3)
+        off_x = kxx.sum(dim=(1, 2)) - kxx.diagonal(dim1=1, dim2=2).sum(dim=1)
+        off_y = kyy.sum(dim=(1, 2)) - kyy.diagonal(dim1=1, dim2=2).sum(dim=1)
+        values.append((off_x + off_y) / (s * (s - 1)) - 2.0 * kxy.mean(dim=(1, 2)))
+    vals = torch.cat(values)
+    std = vals.std() if subsets > 1 else torch.full((), math.nan, dtype=vals.dtype,
+                                                     device=vals.device)
+    return KIDResult(mean=vals.mean().to(dtype), std=std.to(dtype), values=vals.to(dtype))
+
+
 # -------------------------------------------------------------------- moments and noise floor
 
 
@@ -652,3 +834,57 @@ register_metric("sw2", lambda x, y, seed: sliced_wasserstein(
     x, y, generator=torch.Generator().manual_seed(seed)), title="sliced Wasserstein-2")
 register_metric("mmd", lambda x, y, seed: mmd(x, y), title="MMD² (RBF, unbiased)")
 register_metric("energy", lambda x, y, seed: energy_distance(x, y), title="energy distance")
+
+
+def feature_metric(
+    kind: str,
+    featurize: Callable[[Tensor], Tensor],
+    *,
+    name: str | None = None,
+    register: bool = True,
+    title: str | None = None,
+    subsets: int = 100,
+    subset_size: int | None = None,
+) -> Metric:
+    """A registry metric computed in a feature space: :func:`frechet_distance` (``kind="fd"``)
+    or :func:`kid` (``kind="kid"``, its mean) between ``featurize(x)`` and ``featurize(y)``.
+
+    ``fn(x, y, seed)`` embeds the sample set and the reference set (rows are samples,
+    flattened images ``(n, C*H*W)`` as the comparison passes them, or images) and compares
+    the embeddings (both sets are embedded at every call: a comparison re-embeds its
+    reference set per run, cheap for small images); KID draws its subsets from a generator
+    seeded with ``seed``. With
+    ``register=True`` (default) it is added to :data:`METRICS` under ``name`` (default
+    ``kind``), so every later comparison reports it (``METRICS.pop(name)`` removes it).
+
+    Typical use, with the library's classifier of the data set
+    ([`feature_classifier`][scoresde.evaluation.features.feature_classifier]):
+    ``feature_metric("fd", clf.embed)``. **Not comparable to Inception FID/KID.**
+
+    **Arguments:** `kind` ``"fd"`` or ``"kid"``; `featurize` a callable ``(n, ...) -> (n, F)``
+    (e.g. ``FeatureClassifier.embed``); `name` the registry key; `register` whether to add
+    it to the registry; `title` for plots; `subsets`, `subset_size` for KID.
+
+    **Returns:** the `Metric`.
+    """
+    kind = check_choice("kind", kind, ("fd", "kid"))
+    if not callable(featurize):
+        raise TypeError(f"featurize must be callable (n, ...) -> (n, F), got "
+                        f"{type(featurize).__name__}")
+    name = kind if name is None else name
+    if kind == "fd":
+        def fn(x: Tensor, y: Tensor, seed: int) -> Tensor:
+            return frechet_distance(featurize(x), featurize(y))
+        default_title = "Fréchet distance (classifier features)"
+    else:
+        check_int("subsets", subsets, 1)
+
+        def fn(x: Tensor, y: Tensor, seed: int) -> Tensor:
+            return kid(featurize(x), featurize(y), subsets=subsets, subset_size=subset_size,
+                       generator=torch.Generator().manual_seed(seed)).mean
+        default_title = "KID (classifier features)"
+    if register:
+        return register_metric(name, fn, title=title or default_title)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a metric name must be a non-empty string, got {name!r}")
+    return Metric(name, fn, title or default_title)

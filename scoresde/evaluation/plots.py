@@ -1,13 +1,17 @@
-"""PNG plots for results people would rather see than read.
+"""PNG plots (and GIFs) for results people would rather see than read.
 
-Every function takes plain tensors/arrays and a path, writes one PNG and returns the path.
+Every `plot_*`/`save_*` function takes plain tensors/arrays and a path, writes one PNG (or
+GIF) and returns the path; `image_grid` only builds the tiled image, in pure torch. Also
+available as `sd.plots` (loaded on first use).
 Figures are built with matplotlib's object API (`matplotlib.figure.Figure`), never pyplot,
 so importing scoresde neither picks a backend nor disturbs a notebook's inline plotting.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,8 +21,12 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from ..files import default_mode
+from ..validation import check_int, check_positive, check_real
+
 __all__ = ["plot_losses", "plot_score_fields", "plot_error_vs_nfe", "plot_sample_grid",
-           "plot_trajectories", "plot_samples"]
+           "plot_trajectories", "plot_samples", "image_grid", "save_image_grid",
+           "save_trajectory_gif"]
 
 
 def _figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6, 4)
@@ -197,3 +205,182 @@ def plot_trajectories(paths: dict[str, tuple[torch.Tensor, torch.Tensor]],
         ax2.invert_xaxis()
     return _save(fig, path)
 
+
+
+# ------------------------------------------------------------------------------- images
+
+
+def _check_value_range(value_range: tuple[float, float] | None) -> tuple[float, float] | None:
+    if value_range is None:
+        return None
+    if not (isinstance(value_range, (tuple, list)) and len(value_range) == 2):
+        raise TypeError(f"value_range must be a pair (low, high) or None, got {value_range!r}")
+    lo, hi = (float(v) for v in value_range)
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise ValueError(f"value_range must be finite with low < high, got {value_range!r}")
+    return lo, hi
+
+
+def image_grid(x: torch.Tensor, nrow: int | None = None, padding: int = 1,
+               value_range: tuple[float, float] | None = (-1.0, 1.0), *,
+               pad_value: float = 1.0) -> torch.Tensor:
+    """Tile a batch of images into one image, as ``torchvision.utils.make_grid`` lays it out.
+
+    Image ``i`` goes to row ``i // nrow``, column ``i % nrow`` (``nrow`` is capped at ``B``);
+    every image is surrounded by ``padding`` pixels of ``pad_value`` (the outer border
+    included), so the result has height
+    ``rows * (H + padding) + padding`` and width ``nrow * (W + padding) + padding``; cells
+    after the last image stay ``pad_value``. Values are mapped linearly from ``value_range``
+    to ``[0, 1]`` and clamped (``value_range=None``: the batch's own minimum and maximum).
+
+    **Arguments:**
+
+    - `x`: images ``(B, C, H, W)``, ``C`` = 1 (grayscale) or 3 (RGB), finite.
+    - `nrow`: images per row (default ``ceil(sqrt(B))``).
+    - `padding`: pixels between images and around the grid (>= 0).
+    - `value_range`: the ``(low, high)`` of the data (default ``(-1, 1)``).
+    - `pad_value`: the padding's value in ``[0, 1]`` (default 1, white).
+
+    **Returns:** ``(C, H', W')`` tensor in ``[0, 1]`` (``x``'s floating dtype, or the default
+    dtype for integer images), on ``x``'s device.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor of images (B, C, H, W), got {type(x).__name__}")
+    if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[0] < 1:
+        raise ValueError(f"x must have shape (B, C, H, W) with B >= 1 and C = 1 or 3, got "
+                         f"{tuple(x.shape)}")
+    b, c, h, w = x.shape
+    nrow = min(b, int(np.ceil(np.sqrt(b))) if nrow is None else check_int("nrow", nrow, 1))
+    padding = check_int("padding", padding, 0)
+    pad_value = check_real("pad_value", pad_value, low=0.0, high=1.0)
+    rng = _check_value_range(value_range)
+    x = x.detach()
+    if not x.is_floating_point():
+        x = x.to(torch.get_default_dtype())
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"x has {int((~torch.isfinite(x)).sum())} non-finite values (NaN/Inf)")
+    lo, hi = rng if rng is not None else (float(x.min()), float(x.max()))
+    x = ((x - lo) / (hi - lo) if hi > lo else torch.full_like(x, 0.5)).clamp(0.0, 1.0)
+    rows = -(-b // nrow)
+    grid = x.new_full((c, rows * (h + padding) + padding, nrow * (w + padding) + padding),
+                      pad_value)
+    cells = grid[:, padding:, padding:].unfold(1, h, h + padding).unfold(2, w, w + padding)
+    # cells: (C, rows, nrow, H, W), a view into grid (the last row/column of each cell
+    # stride skips the padding)
+    full = x.new_full((rows * nrow, c, h, w), pad_value)
+    full[:b] = x
+    cells.copy_(full.reshape(rows, nrow, c, h, w).permute(2, 0, 1, 3, 4))
+    return grid
+
+
+def _to_uint8(grid: torch.Tensor) -> np.ndarray:
+    """``(C, H, W)`` in ``[0, 1]`` -> ``(H, W)`` or ``(H, W, 3)`` uint8, rounding as
+    torchvision's ``save_image`` does."""
+    a = grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).cpu().numpy()
+    return a[0] if a.shape[0] == 1 else np.ascontiguousarray(a.transpose(1, 2, 0))
+
+
+def _write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside `path` (same suffix, so writers that
+    pick the format from the name still do), then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, default_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_image_grid(x: torch.Tensor, path: str | os.PathLike, nrow: int | None = None,
+                    padding: int = 1, value_range: tuple[float, float] | None = (-1.0, 1.0), *,
+                    pad_value: float = 1.0, scale: int = 1) -> Path:
+    """Write :func:`image_grid` of ``x`` as a PNG (8-bit grayscale or RGB), atomically (a
+    temporary file in the same folder, then `os.replace`).
+
+    `scale` enlarges every pixel to ``scale x scale`` pixels (nearest neighbour), for tiny
+    images such as 8x8 digits. Other arguments as in :func:`image_grid`.
+    **Returns:** the path.
+    """
+    from PIL import Image
+
+    scale = check_int("scale", scale, 1)
+    grid = image_grid(x, nrow, padding, value_range, pad_value=pad_value)
+    if scale > 1:
+        grid = grid.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
+    img = Image.fromarray(_to_uint8(grid))
+    return _write_atomic(path, lambda tmp: img.save(tmp, format="PNG"))
+
+
+def save_trajectory_gif(trajectory: torch.Tensor, times: torch.Tensor, path: str | os.PathLike,
+                        *, fps: float = 10.0, nrow: int | None = None, max_frames: int = 60,
+                        value_range: tuple[float, float] | None = (-1.0, 1.0),
+                        padding: int = 1, size: float = 4.0, dpi: int = 100) -> Path:
+    """An animated GIF of the reverse process: one frame per stored time, the image grid of
+    the batch at that time, with the time in the frame's title.
+
+    Takes a sampling result's ``res.trajectory`` ``(K, B, C, H, W)`` and ``res.times``
+    ``(len(times),)`` (from ``sd.sample(..., trajectory=True)``): frame ``k < len(times)``
+    is the state at ``times[k]``; when ``K = len(times) + 1`` the last frame is the denoised
+    sample (titled "denoised"). At most `max_frames` frames are kept, evenly spaced, the
+    first and last always included. Written with matplotlib's `PillowWriter` (frames last
+    ``1/fps`` s, the GIF loops), atomically. States outside `value_range` (the noise at
+    ``t = T``) are clamped.
+
+    **Arguments:** `trajectory`, `times`, `path` as above; `fps` frames per second; `nrow`,
+    `padding`, `value_range` as in :func:`image_grid`; `size` the figure's width in inches
+    (its height follows the grid's aspect, plus a band for the title), `dpi` its resolution.
+
+    **Returns:** the path.
+    """
+    from matplotlib.animation import PillowWriter
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not isinstance(trajectory, torch.Tensor) or trajectory.ndim != 5:
+        got = tuple(trajectory.shape) if isinstance(trajectory, torch.Tensor) else type(trajectory).__name__
+        raise ValueError(f"trajectory must be a tensor (K, B, C, H, W) (sample(..., "
+                         f"trajectory=True) of images), got {got}")
+    ts = torch.as_tensor(times, dtype=torch.float64).detach().cpu().reshape(-1)
+    k = trajectory.shape[0]
+    if k not in (ts.numel(), ts.numel() + 1):
+        raise ValueError(f"trajectory has {k} states but times has {ts.numel()} entries; "
+                         "expected len(times) or len(times) + 1 (denoised sample appended)")
+    fps = check_positive("fps", fps)
+    max_frames = check_int("max_frames", max_frames, 2)
+    frames = np.unique(np.round(np.linspace(0, k - 1, min(k, max_frames))).astype(int))
+
+    def panel(i: int) -> tuple[np.ndarray, str]:
+        grid = image_grid(trajectory[i], nrow, padding, value_range)
+        img = grid.double().cpu().numpy()
+        img = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+        label = (f"t = {float(ts[i]):.4g}" if i < ts.numel()
+                 else f"denoised (t = {float(ts[-1]):.4g})")
+        return img, label
+
+    img0, label0 = panel(int(frames[0]))
+    height = size * img0.shape[0] / img0.shape[1]      # the grid's aspect, plus a title band
+    band = 0.4
+    fig = Figure(figsize=(size, height + band))
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.0, 0.0, 1.0, height / (height + band)))
+    ax.set_axis_off()
+    im = ax.imshow(img0, cmap="gray" if img0.ndim == 2 else None, vmin=0.0, vmax=1.0,
+                   interpolation="nearest")
+    title = fig.suptitle(label0, y=1.0 - 0.5 * band / (height + band), va="center")
+    writer = PillowWriter(fps=fps)
+
+    def write(tmp: str) -> None:
+        with writer.saving(fig, tmp, dpi):
+            for i in frames:
+                img, label = panel(int(i))
+                im.set_data(img)
+                title.set_text(label)
+                writer.grab_frame()
+
+    return _write_atomic(path, write)
