@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -21,7 +21,7 @@ Tensor = torch.Tensor
 
 __all__ = ["as_time", "bcast", "check_batch", "check_choice", "check_int", "check_real",
            "check_positive", "check_even_int", "check_finite", "check_tolerances",
-           "check_generator", "check_data", "check_time_in", "check_instance"]
+           "check_generator", "check_data", "check_time_in", "check_instance", "check_cond"]
 
 
 def as_time(t: float | Tensor, batch: int | None, ref: Tensor | None = None, *,
@@ -190,3 +190,27 @@ def check_instance(name: str, value: Any, cls: type | tuple[type, ...], what: st
     if not isinstance(value, cls):
         raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
     return value
+
+
+def check_cond(cond: object, batch: int, name: str = "cond") -> dict[str, Tensor]:
+    """Conditioning for a network call `net(x, t, **cond)`: `None` (returned as `{}`) or a
+    dict of tensors keyed by keyword names (not `"x"` or `"t"`), each with first (batch)
+    dimension `batch`. Returns a new dict; `TypeError`/`ValueError` name the offending key."""
+    if cond is None:
+        return {}
+    if not isinstance(cond, Mapping):
+        raise TypeError(f"{name} must be a dict of tensors with batch dimension {batch} "
+                        f"(e.g. {{'y': labels}}) or None, got {type(cond).__name__}")
+    for key, value in cond.items():
+        if not isinstance(key, str):
+            raise TypeError(f"{name} keys must be strings (keyword arguments of the network), "
+                            f"got {type(key).__name__} {key!r}")
+        if key in ("x", "t"):
+            raise ValueError(f"{name} cannot have the key {key!r}: the network is called as "
+                             "net(x, t, **cond)")
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name}[{key!r}] must be a tensor, got {type(value).__name__}")
+        if value.dim() == 0 or value.shape[0] != batch:
+            raise ValueError(f"{name}[{key!r}] has shape {tuple(value.shape)}; its first (batch) "
+                             f"dimension must be {batch}, the batch size of x")
+    return dict(cond)

@@ -5,33 +5,45 @@ average (EMA) of the weights (Polyak averaging, as in Ho et al. 2020 and Song et
 a tqdm progress bar with the running loss, atomic checkpoints and exact resume: the
 trainer's own `torch.Generator` state is checkpointed with the optimizer, so a run resumed
 from step `k` reaches the same parameters as an uninterrupted run.
+
+Data: a tensor, a labelled data set `(x, y)` or `{"x": x, **cond}`, a callable, or any
+iterable of batches (a `DataLoader`), re-iterated epoch after epoch; conditional batches
+train a conditional network, with optional condition dropout for classifier-free guidance
+(Ho & Salimans 2022). Optional random horizontal flips of images, and a JSONL log (and
+TensorBoard, if installed and asked for) of the loss, learning rate, gradient norm and
+throughput.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import signal
 import threading
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset, RandomSampler
 from tqdm import tqdm
 
-from ..files import RunLock, remove_orphans
-from ..losses import WEIGHTINGS, dsm_loss
+from ..files import RunLock, remove_orphans, write_text_atomic
+from ..losses import WEIGHTINGS, dsm_loss, resolve_null_cond
 from ..models import ScoreModel, check_model
-from ..validation import check_choice, check_int, check_positive, check_real
+from ..validation import check_choice, check_cond, check_int, check_positive, check_real
 from ..version import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
 
 Tensor = torch.Tensor
-DataSource = Tensor | Callable[[int, torch.Generator], Tensor]
-LossFn = Callable[[ScoreModel, Tensor, torch.Generator], Tensor]
+Batch = Tensor | tuple[Tensor, ...] | list[Tensor] | Mapping[str, Tensor]
+DataSource = (Tensor | tuple[Tensor, Tensor] | Mapping[str, Tensor]
+              | Callable[[int, torch.Generator], Batch] | Iterable[Batch])
+LossFn = Callable[..., Tensor]
 
 __all__ = ["Trainer", "TrainingInterrupted"]
 
@@ -87,6 +99,129 @@ def _check_checkpoint_dir(folder: str | os.PathLike | None) -> Path | None:
     return p
 
 
+def _check_log_path(path: str | os.PathLike | None) -> Path | None:
+    if path is None:
+        return None
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"log_path must be a path or None, got {type(path).__name__}")
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"log_path {str(p)!r} is a folder; give a file name such as "
+                         "'runs/x/log.jsonl'")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _read_log(path: Path, upto: int) -> tuple[list[str], bool]:
+    """The lines of an existing JSONL log whose step is `<= upto` (a resumed run writes the
+    later ones again), and whether the file must be rewritten (lines dropped, or a last line
+    cut short by a crash)."""
+    if not path.exists():
+        return [], False
+    text = path.read_text()
+    kept, dirty = [], bool(text) and not text.endswith("\n")
+    for line in text.splitlines():
+        try:
+            step = json.loads(line).get("step")
+        except (ValueError, AttributeError):
+            step = None
+        if isinstance(step, int) and not isinstance(step, bool) and step <= upto:
+            kept.append(line + "\n")
+        else:
+            dirty = True
+    return kept, dirty
+
+
+class _StepLog:
+    """One `fit` call's JSONL log (and TensorBoard writer): a line every `every` steps with
+    the mean loss since the previous line, read from the loss history, so it is exact across
+    resumes; the throughput and gradient norm cover the steps this process ran."""
+
+    def __init__(self, path: Path, step: int, tensorboard: bool) -> None:
+        self.path = path
+        self.kept, self.rewrite = _read_log(path, step)
+        self.last = max((json.loads(line)["step"] for line in self.kept), default=step)
+        self.t0, self.samples, self.grad_sum, self.grad_n = time.perf_counter(), 0, 0.0, 0
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(log_dir=str(path.parent),
+                                        purge_step=step + 1 if step > 0 else None)
+
+    def record(self, samples: int, grad_norm: float) -> None:
+        self.samples += samples
+        self.grad_sum += grad_norm
+        self.grad_n += 1
+
+    def write(self, step: int, losses: list[float], lr: float, epoch: float | int | None) -> None:
+        now = time.perf_counter()
+        window = losses[self.last:step]
+        rec = {"step": step, "loss": sum(window) / len(window) if window else None, "lr": lr,
+               "grad_norm": self.grad_sum / self.grad_n if self.grad_n else None,
+               "epoch": epoch, "samples_per_s": self.samples / max(now - self.t0, 1e-9),
+               "wall_time": time.time()}
+        line = json.dumps(rec) + "\n"
+        if self.rewrite:
+            write_text_atomic(self.path, "".join(self.kept) + line)
+            self.rewrite = False
+        else:
+            with open(self.path, "a") as f:
+                f.write(line)
+        if self.writer is not None:
+            for key, value in rec.items():
+                if key not in ("step", "wall_time") and value is not None:
+                    self.writer.add_scalar(f"train/{key}", value, step, walltime=rec["wall_time"])
+            self.writer.flush()
+        self.last, self.t0, self.samples, self.grad_sum, self.grad_n = step, now, 0, 0.0, 0
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _split_batch(batch: object, where: str) -> tuple[Tensor, dict[str, Tensor]]:
+    """A batch as `(x, cond)`: a tensor `x`; a tuple/list `(x,)` or `(x, y)` (`cond =
+    {"y": y}`); or a dict with key `"x"` whose other entries are the conditioning."""
+    if isinstance(batch, Tensor):
+        x, cond = batch, {}
+    elif isinstance(batch, (tuple, list)):
+        if len(batch) not in (1, 2):
+            raise ValueError(f"{where}: a tuple batch must be (x,) or (x, y), got {len(batch)} "
+                             "items; use a dict {'x': x, 'y': y, ...} for more conditioning")
+        x, cond = batch[0], ({"y": batch[1]} if len(batch) == 2 else {})
+    elif isinstance(batch, Mapping):
+        if "x" not in batch:
+            raise ValueError(f"{where}: a dict batch needs the key 'x' (the data), got keys "
+                             f"{sorted(map(str, batch))}")
+        x, cond = batch["x"], {k: v for k, v in batch.items() if k != "x"}
+    else:
+        raise TypeError(f"{where}: a batch must be a tensor x, a tuple (x, y) or a dict with "
+                        f"key 'x', got {type(batch).__name__}")
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{where}: x must be a tensor, got {type(x).__name__}")
+    if not x.is_floating_point() or x.dim() < 2 or x.shape[0] < 1:
+        raise ValueError(f"{where}: x must be a floating tensor of shape (B, *event_shape), got "
+                         f"{x.dtype} of shape {tuple(x.shape)}")
+    for key, value in cond.items():
+        if isinstance(value, Tensor) and (value.dim() == 0 or value.shape[0] != x.shape[0]):
+            n = value.shape[0] if value.dim() else "no"
+            raise ValueError(f"{where}: {key} has {n} rows but x has {x.shape[0]}; each "
+                             "conditioning tensor needs one row per sample")
+    return x, check_cond(cond, x.shape[0], name=f"{where}: conditioning")
+
+
+def _epoch_aware(data: object) -> list[Any]:
+    """`data` and its sampler(s) that follow PyTorch's `set_epoch(epoch)` convention (e.g.
+    `DistributedSampler`), each once."""
+    batch_sampler = getattr(data, "batch_sampler", None)
+    found: list[Any] = []
+    for obj in (data, getattr(data, "sampler", None), batch_sampler,
+                getattr(batch_sampler, "sampler", None)):
+        if callable(getattr(obj, "set_epoch", None)) and all(obj is not o for o in found):
+            found.append(obj)
+    return found
+
+
 class Trainer:
     r"""Train a [`ScoreModel`][scoresde.models.ScoreModel] by denoising score matching.
 
@@ -98,16 +233,27 @@ class Trainer:
     - `grad_clip`: max global gradient norm (`None`: no clipping).
     - `ema_decay`: EMA rate $\mu$, $\bar\theta \leftarrow \mu_k\bar\theta + (1-\mu_k)\theta$ with
       warm-up $\mu_k = \min(\mu, (1+k)/(10+k))$ at step $k$ (`None`: no EMA).
-    - `batch_size`; `weighting` and `importance_sampling` are passed to
+    - `batch_size` (of in-memory data and callables; an iterable brings its own batches);
+      `weighting` and `importance_sampling` are passed to
       [`dsm_loss`][scoresde.losses.dsm_loss]; `loss_fn(model, batch, generator)` replaces the
-      loss entirely (e.g. [`ddpm_loss`][scoresde.losses.ddpm_loss]).
-    - `seed`: seeds the trainer's own generator (batches, times, noise).
+      loss entirely (e.g. [`ddpm_loss`][scoresde.losses.ddpm_loss]); for conditional batches
+      it is called as `loss_fn(model, batch, generator, cond=cond)`.
+    - `cond_drop`: probability $p$ of replacing a sample's condition by the null condition
+      (classifier-free guidance training, Ho & Salimans 2022); `null_cond`: that condition
+      (default `{"y": net.null_label}`); see [`drop_cond`][scoresde.losses.drop_cond].
+    - `hflip`: flip each image of a `(B, C, H, W)` batch left-right with probability 1/2
+      (drawn from the trainer's generator).
+    - `seed`: seeds the trainer's own generator (batches, flips, times, noise, dropout).
     - `checkpoint_dir`, `checkpoint_every`: write `last.pt` there every `checkpoint_every`
       steps (if given) and always at the end of `fit`.
+    - `log_path`, `log_every`: a JSONL line every `log_every` steps (default path
+      `checkpoint_dir/log.jsonl`; no log without either); `tensorboard=True` also writes
+      TensorBoard scalars next to it (needs the `tensorboard` package).
     - `progress`: show a tqdm bar.
     - `meta`: extra JSON-able metadata stored in checkpoints (e.g. `{"data": "moons"}`).
 
-    The loss history is `trainer.losses` (one float per step).
+    The loss history is `trainer.losses` (one float per step); `trainer.epoch` counts the
+    completed passes over an iterable data source.
     """
 
     def __init__(self, model: ScoreModel, *, lr: float = 1e-3, optimizer: str = "adam",
@@ -115,8 +261,11 @@ class Trainer:
                  grad_clip: float | None = 1.0, ema_decay: float | None = 0.999,
                  batch_size: int = 256, weighting: str = "sigma2",
                  importance_sampling: bool = False, loss_fn: LossFn | None = None,
-                 seed: int = 0, checkpoint_dir: str | os.PathLike | None = None,
-                 checkpoint_every: int | None = None, progress: bool = True,
+                 cond_drop: float = 0.0, null_cond: Mapping[str, Tensor | float] | None = None,
+                 hflip: bool = False, seed: int = 0,
+                 checkpoint_dir: str | os.PathLike | None = None,
+                 checkpoint_every: int | None = None, log_path: str | os.PathLike | None = None,
+                 log_every: int = 100, tensorboard: bool = False, progress: bool = True,
                  meta: dict[str, Any] | None = None) -> None:
         check_model(model)
         check_positive("lr", lr)
@@ -124,12 +273,23 @@ class Trainer:
         check_choice("weighting", weighting, WEIGHTINGS)
         check_int("batch_size", batch_size, 1)
         check_int("warmup_steps", warmup_steps, 0)
+        check_int("log_every", log_every, 1)
         if grad_clip is not None:
             check_positive("grad_clip", grad_clip)
         if ema_decay is not None:
             check_real("ema_decay", ema_decay, low=0.0, high=1.0, high_open=True)
         if checkpoint_every is not None:
             check_int("checkpoint_every", checkpoint_every, 1)
+        for name, flag in (("hflip", hflip), ("tensorboard", tensorboard)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False, got {type(flag).__name__}")
+        self.cond_drop = check_real("cond_drop", cond_drop, low=0.0, high=1.0)
+        if self.cond_drop > 0 and loss_fn is not None:
+            raise ValueError("cond_drop applies to the built-in dsm_loss; with loss_fn, drop the "
+                             "condition in your loss (e.g. sd.ddpm_loss(model, batch, schedule, "
+                             "generator, cond=cond, cond_drop=p))")
+        self.null_cond = (resolve_null_cond(model, null_cond)
+                          if self.cond_drop > 0 or null_cond is not None else None)
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters")
@@ -139,6 +299,7 @@ class Trainer:
         self.importance_sampling = importance_sampling
         self.loss_fn = loss_fn
         self.ema_decay = ema_decay
+        self.hflip = hflip
         opt_cls = torch.optim.Adam if optimizer == "adam" else torch.optim.AdamW
         self.optimizer = opt_cls(params, lr=self.lr, weight_decay=weight_decay)
         self.optimizer_name, self.weight_decay, self.seed = optimizer, weight_decay, seed
@@ -150,75 +311,260 @@ class Trainer:
         self.losses: list[float] = []
         self.checkpoint_dir = _check_checkpoint_dir(checkpoint_dir)
         self.checkpoint_every = checkpoint_every
+        self.log_path = _check_log_path(log_path)
+        if self.log_path is None and self.checkpoint_dir is not None:
+            self.log_path = self.checkpoint_dir / "log.jsonl"
+        self.log_every, self.tensorboard = log_every, tensorboard
+        if tensorboard:
+            if self.log_path is None:
+                raise ValueError("tensorboard=True writes next to the JSONL log: pass log_path= "
+                                 "or checkpoint_dir=")
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+            except ImportError:
+                raise ImportError("tensorboard=True needs the tensorboard package (pip install "
+                                  "tensorboard); the JSONL log needs nothing") from None
         self.progress = progress
         self.meta = dict(meta or {})
         self.event_shape: list[int] | None = None
+        # position in an iterable data source: epoch, batches consumed in it, and the state of
+        # the source's shuffling generator at the start of the epoch (for exact resume)
+        self.epoch = 0
+        self._epoch_batch = 0
+        self._epoch_gen_state: Tensor | None = None
+        self._live: tuple[object, Iterator] | None = None
 
     # ----- data -----------------------------------------------------------------------
-    def _batch(self, data: DataSource) -> Tensor:
-        if callable(data) and not isinstance(data, Tensor):
-            return data(self.batch_size, self.generator)
+    def _batch(self, data: Tensor) -> Tensor:
         idx = torch.randint(0, data.shape[0], (self.batch_size,), generator=self.generator,
                             device=self.generator.device)
         return data[idx.to(data.device)]
 
-    def _check_data(self, data: DataSource) -> None:
+    def _source(self, data: DataSource) -> tuple[str, Any]:
+        """The kind of data source, `"tensor" | "table" | "callable" | "iterable"`, and the
+        source itself (a labelled data set `(x, y)` as the table `{"x": x, "y": y}`)."""
         if isinstance(data, Tensor):
             if data.dim() < 2 or data.shape[0] < 1 or not data.is_floating_point():
                 raise ValueError(f"data must be a floating tensor of shape (N, *event_shape), "
                                  f"got {data.dtype} of shape {tuple(data.shape)}")
-        elif not callable(data):
-            raise TypeError("data must be a tensor (N, *event_shape) or a callable "
-                            f"(batch_size, generator) -> batch, got {type(data).__name__}")
+            return "tensor", data
+        if isinstance(data, tuple):
+            if not all(isinstance(v, Tensor) for v in data):
+                raise TypeError("a tuple data set must be two tensors (x, y), got "
+                                f"({', '.join(type(v).__name__ for v in data)}); for a sequence "
+                                "of batches pass a list or a DataLoader")
+            if len(data) != 2:
+                raise ValueError(f"a tuple data set must be two tensors (x, y), got {len(data)}; "
+                                 "use a dict {'x': x, ...} for more conditioning")
+            return "table", self._check_table({"x": data[0], "y": data[1]})
+        if isinstance(data, Mapping):
+            return "table", self._check_table(data)
+        if callable(data):
+            return "callable", data
+        if isinstance(data, (str, bytes)) or hasattr(data, "__array__"):
+            raise TypeError(f"data must be a torch tensor, not {type(data).__name__} (convert "
+                            "it with torch.as_tensor)")
+        if isinstance(data, Dataset):
+            raise TypeError(f"a {type(data).__name__} yields single samples; wrap it in a "
+                            "torch.utils.data.DataLoader(dataset, batch_size=..., shuffle=True, "
+                            "generator=torch.Generator().manual_seed(...))")
+        if isinstance(data, Iterable):
+            return "iterable", data
+        raise TypeError("data must be a tensor (N, *event_shape), a labelled data set (x, y), "
+                        "a callable (batch_size, generator) -> batch, or an iterable of batches "
+                        f"(e.g. a DataLoader), got {type(data).__name__}")
 
-    def _loss(self, batch: Tensor) -> Tensor:
+    @staticmethod
+    def _check_table(table: Mapping[str, object]) -> dict[str, Tensor]:
+        if "x" not in table:
+            raise ValueError(f"a dict data set needs the key 'x' (the data), got keys "
+                             f"{sorted(map(str, table))}")
+        x = table["x"]
+        if not isinstance(x, Tensor):
+            raise TypeError(f"data x must be a tensor, got {type(x).__name__}")
+        if x.dim() < 2 or x.shape[0] < 1 or not x.is_floating_point():
+            raise ValueError(f"data x must be a floating tensor of shape (N, *event_shape), "
+                             f"got {x.dtype} of shape {tuple(x.shape)}")
+        cond = {k: v for k, v in table.items() if k != "x"}
+        for key, value in cond.items():
+            if isinstance(value, Tensor) and (value.dim() == 0 or value.shape[0] != x.shape[0]):
+                n = value.shape[0] if value.dim() else "no"
+                raise ValueError(f"data {key} has {n} rows but x has {x.shape[0]}; each "
+                                 "conditioning tensor needs one row per sample")
+        return {"x": x, **check_cond(cond, x.shape[0], name="data")}
+
+    def _next_batch(self, kind: str, source: Any, device: torch.device
+                    ) -> tuple[Tensor, dict[str, Tensor]]:
+        if kind == "tensor":
+            return self._batch(source).to(device), {}
+        if kind == "table":
+            idx = torch.randint(0, source["x"].shape[0], (self.batch_size,),
+                                generator=self.generator, device=self.generator.device)
+            rows = {k: v[idx.to(v.device)] for k, v in source.items()}
+            return rows.pop("x"), rows
+        if kind == "callable":
+            x, cond = _split_batch(source(self.batch_size, self.generator),
+                                   "the batch returned by the data callable")
+        else:
+            where = f"batch {self._epoch_batch} of epoch {self.epoch} of the data"
+            x, cond = _split_batch(self._next_from_iterable(source), where)
+        return x.to(device), {k: v.to(device) for k, v in cond.items()}
+
+    def _new_epoch(self, source: Iterable) -> Iterator:
+        """Start epoch `self.epoch`: remember the state of the source's generator (a
+        `DataLoader`'s `generator`), call `set_epoch` where the source has it, `iter()`."""
+        gen = getattr(source, "generator", None)
+        self._epoch_gen_state = gen.get_state() if isinstance(gen, torch.Generator) else None
+        for obj in _epoch_aware(source):
+            obj.set_epoch(self.epoch)
+        it = iter(source)
+        self._live = (source, it)
+        return it
+
+    def _position(self, source: Iterable) -> None:
+        """Put the iterator at the trainer's position (epoch, batch): the live one if `fit` is
+        called again with the same source, else a fresh epoch, the source's generator set back
+        to its state at the start of that epoch, with the consumed batches skipped."""
+        if self._live is not None and self._live[0] is source:
+            return
+        self._live = None
+        resumed = self.epoch > 0 or self._epoch_batch > 0
+        gen = getattr(source, "generator", None)
+        if self._epoch_gen_state is not None:
+            if isinstance(gen, torch.Generator):
+                try:
+                    gen.set_state(self._epoch_gen_state)
+                except (RuntimeError, TypeError) as e:
+                    raise ValueError(f"cannot restore the data's generator to its state at the "
+                                     f"start of epoch {self.epoch} ({e})") from None
+            elif resumed:
+                warnings.warn("the data's shuffling generator state was saved, but this data "
+                              "source has no torch.Generator `generator`: the resumed batches "
+                              "may differ from those of an uninterrupted run", stacklevel=4)
+        elif resumed and isinstance(getattr(source, "sampler", None), RandomSampler) \
+                and source.sampler.generator is None:
+            warnings.warn("this DataLoader shuffles with the global random generator: the "
+                          "resumed batches differ from those of an uninterrupted run; pass "
+                          "generator=torch.Generator().manual_seed(...) for an exact resume",
+                          stacklevel=4)
+        it = self._new_epoch(source)
+        for i in range(self._epoch_batch):
+            try:
+                next(it)
+            except StopIteration:
+                self._live = None
+                raise ValueError(f"cannot continue at batch {self._epoch_batch} of epoch "
+                                 f"{self.epoch}: the data yields only {i} batches per epoch "
+                                 "now (is it the data the trainer was trained on?)") from None
+
+    def _next_from_iterable(self, source: Iterable) -> object:
+        _, it = self._live
+        try:
+            return next(it)
+        except StopIteration:
+            if self._epoch_batch == 0:
+                raise ValueError(f"the data yielded no batches in epoch {self.epoch}") from None
+        self.epoch += 1
+        self._epoch_batch = 0
+        try:
+            return next(self._new_epoch(source))
+        except StopIteration:
+            once = (" (an iterator is used up after one pass: pass a re-iterable such as a list "
+                    "or a DataLoader, or a callable)" if isinstance(source, Iterator) else "")
+            raise ValueError(f"the data yielded no batches in epoch {self.epoch}{once}") from None
+
+    def _epoch_value(self, kind: str, source: Any) -> float | int | None:
+        """For the log: completed passes over an iterable; samples seen / data set size for
+        in-memory data; `None` for a callable."""
+        if kind == "iterable":
+            return self.epoch
+        if kind in ("tensor", "table"):
+            n = source.shape[0] if kind == "tensor" else source["x"].shape[0]
+            return self.step * self.batch_size / n
+        return None
+
+    def _flip(self, x: Tensor) -> Tensor:
+        """Flip each image left-right (the last axis, W) with probability 1/2."""
+        if x.dim() != 4:
+            raise ValueError(f"hflip=True flips images of shape (B, C, H, W), but the batch has "
+                             f"shape {tuple(x.shape)}")
+        flip = torch.rand(x.shape[0], generator=self.generator, device=self.generator.device) < 0.5
+        return torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+
+    def _loss(self, batch: Tensor, cond: dict[str, Tensor]) -> Tensor:
         if self.loss_fn is not None:
+            if cond:
+                return self.loss_fn(self.model, batch, self.generator, cond=cond)
             return self.loss_fn(self.model, batch, self.generator)
         return dsm_loss(self.model, batch, self.weighting, self.generator,
-                        importance_sampling=self.importance_sampling)
+                        importance_sampling=self.importance_sampling, cond=cond or None,
+                        cond_drop=self.cond_drop, null_cond=self.null_cond)
 
     # ----- the loop ---------------------------------------------------------------------
     def fit(self, data: DataSource, steps: int) -> Trainer:
         """Train until `self.step == steps` (a resumed trainer continues from its step).
 
+        `data` is a floating tensor `(N, *event_shape)`; a labelled data set, the tuple
+        `(x, y)` of two tensors with `N` rows or a dict `{"x": x, **cond}`, whose rows are
+        drawn jointly; a callable `(batch_size, generator) -> batch`; or an iterable of batches
+        (a `DataLoader`), iterated again when it is exhausted (`self.epoch` counts the passes).
+        A batch is a tensor `x`, a tuple `(x, y)` (the network gets `y=y`) or a dict with key
+        `"x"` whose other entries are passed to the network as keyword arguments.
+
         **Raises:** `ValueError` naming the step if a batch or the loss holds NaN/Inf; the
         update is not applied and no checkpoint is written after it, so the last good
-        checkpoint stays intact.
+        checkpoint stays intact. `TypeError`/`ValueError` for a malformed data source or batch.
         """
-        self._check_data(data)
+        kind, source = self._source(data)
         check_int("steps", steps, 0)
         device = self.model.device
-        if isinstance(data, Tensor):
-            data = data.to(device)
+        if kind == "tensor":
+            source = source.to(device)
+        elif kind == "table":
+            source = {k: v.to(device) for k, v in source.items()}
         lock = RunLock(self.checkpoint_dir).acquire() if self.checkpoint_dir is not None else None
+        log = None
         try:
             if self.checkpoint_dir is not None:
                 remove_orphans(self.checkpoint_dir, "*.pt.*.tmp")
+            if self.log_path is not None:
+                remove_orphans(self.log_path.parent, self.log_path.name + ".*.tmp")
+                log = _StepLog(self.log_path, self.step, self.tensorboard)
             with _DeferredInterrupt() as interrupt:
-                self._loop(data, steps, device, interrupt)
+                self._loop(kind, source, steps, device, interrupt, log)
             if self.checkpoint_dir is not None:
                 self.save(self.checkpoint_dir / "last.pt")
+        except BaseException:
+            self._live = None           # the next fit finds the position from the state
+            raise
         finally:
+            if log is not None:
+                log.close()
             if lock is not None:
                 lock.release()
         return self
 
-    def _loop(self, data: DataSource, steps: int, device: torch.device,
-              interrupt: _DeferredInterrupt) -> None:
+    def _loop(self, kind: str, source: Any, steps: int, device: torch.device,
+              interrupt: _DeferredInterrupt, log: _StepLog | None) -> None:
         self.model.train()
         bar = tqdm(total=steps, initial=self.step, disable=not self.progress, desc="train",
                    dynamic_ncols=True)
         running = None
         try:
+            if kind == "iterable" and self.step < steps:
+                self._position(source)
             while self.step < steps:
                 if interrupt.requested:
                     self._stop_interrupted()
-                batch = self._batch(data).to(device)
+                batch, cond = self._next_batch(kind, source, device)
                 if self.event_shape is None:
                     self.event_shape = list(batch.shape[1:])
+                if self.hflip:
+                    batch = self._flip(batch)
+                lr = self.lr * min(1.0, (self.step + 1) / max(1, self.warmup_steps))
                 for group in self.optimizer.param_groups:
-                    group["lr"] = self.lr * min(1.0, (self.step + 1) / max(1, self.warmup_steps))
-                loss = self._loss(batch)
+                    group["lr"] = lr
+                loss = self._loss(batch, cond)
                 value = loss.item()
                 if not math.isfinite(value):
                     what = ("the training batch contains NaN/Inf"
@@ -231,14 +577,21 @@ class Trainer:
                 norm = torch.nn.utils.clip_grad_norm_(
                     self.model.parameters(),
                     self.grad_clip if self.grad_clip is not None else math.inf)
-                if not math.isfinite(float(norm)):
+                grad_norm = float(norm)
+                if not math.isfinite(grad_norm):
                     raise ValueError(f"training stopped at step {self.step}: the gradient is "
                                      "NaN/Inf (the loss was finite); the update was not applied"
                                      + self._last_good())
                 self.optimizer.step()
                 self._update_ema()
                 self.step += 1
+                if kind == "iterable":
+                    self._epoch_batch += 1
                 self.losses.append(value)
+                if log is not None:
+                    log.record(batch.shape[0], grad_norm)
+                    if self.step % self.log_every == 0:
+                        log.write(self.step, self.losses, lr, self._epoch_value(kind, source))
                 running = value if running is None else 0.98 * running + 0.02 * value
                 bar.update(1)
                 bar.set_postfix(loss=f"{running:.4f}", refresh=False)
@@ -293,7 +646,9 @@ class Trainer:
                         "weight_decay": self.weight_decay, "warmup_steps": self.warmup_steps,
                         "grad_clip": self.grad_clip, "ema_decay": self.ema_decay,
                         "batch_size": self.batch_size, "weighting": self.weighting,
-                        "importance_sampling": self.importance_sampling, "seed": self.seed},
+                        "importance_sampling": self.importance_sampling, "seed": self.seed,
+                        "hflip": self.hflip, "cond_drop": self.cond_drop,
+                        "null_cond": _plain(self.null_cond), "log_every": self.log_every},
             "versions": {"scoresde": __version__, "torch": str(torch.__version__)},
             **({"event_shape": self.event_shape} if self.event_shape is not None else {}),
             **self.meta,
@@ -302,6 +657,8 @@ class Trainer:
                 "ema": self.ema_net.state_dict() if self.ema_net is not None else None,
                 "optimizer": self.optimizer.state_dict(),
                 "generator": self.generator.get_state(), "losses": list(self.losses),
+                "data_state": {"epoch": self.epoch, "batch": self._epoch_batch,
+                               "generator": self._epoch_gen_state},
                 "meta": meta}
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -310,7 +667,9 @@ class Trainer:
         return save_checkpoint(self.state(), path)
 
     def load(self, path: str | os.PathLike) -> Trainer:
-        """Restore model, EMA, optimizer, generator, step and losses from a checkpoint.
+        """Restore model, EMA, optimizer, generator, step, losses and the position in an
+        iterable data source (epoch, batch, the source's generator state at the start of the
+        epoch) from a checkpoint.
 
         Everything is checked before anything is changed (the SDE, the prediction, the
         network's parameter names and shapes, the other sections); if applying still fails,
@@ -337,6 +696,7 @@ class Trainer:
         step = ckpt.get("step")
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"{where}: step must be a non-negative integer, got {step!r}")
+        epoch, batch, gen_state = _data_state(ckpt.get("data_state"), where)
         snapshot = self._snapshot()
         try:
             self.model.net.load_state_dict(ckpt["model"])
@@ -356,6 +716,8 @@ class Trainer:
                              "the trainer is unchanged") from None
         self.step = step
         self.losses = [float(v) for v in ckpt["losses"]]
+        self.epoch, self._epoch_batch, self._epoch_gen_state = epoch, batch, gen_state
+        self._live = None
         return self
 
     def _snapshot(self) -> dict[str, Any]:
@@ -371,6 +733,30 @@ class Trainer:
             self.ema_net.load_state_dict(snap["ema"])
         self.optimizer.load_state_dict(snap["optimizer"])
         self.generator.set_state(snap["generator"])
+
+
+def _plain(cond: Mapping[str, Tensor | float] | None) -> dict[str, Any] | None:
+    """A null condition as JSON-able numbers and lists (for the checkpoint's metadata)."""
+    if cond is None:
+        return None
+    return {k: v.tolist() if isinstance(v, Tensor) else v for k, v in cond.items()}
+
+
+def _data_state(state: object, where: str) -> tuple[int, int, Tensor | None]:
+    """The checked `data_state` section: `(epoch, batch, generator state)`; a checkpoint
+    written before it existed starts at epoch 0, batch 0."""
+    if state is None:
+        return 0, 0, None
+    if not isinstance(state, dict):
+        raise ValueError(f"{where}: section 'data_state' is not a dict")
+    epoch, batch, gen = state.get("epoch"), state.get("batch"), state.get("generator")
+    for name, v in (("epoch", epoch), ("batch", batch)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{where}: data_state {name} must be a non-negative integer, "
+                             f"got {v!r}")
+    if gen is not None and not isinstance(gen, Tensor):
+        raise ValueError(f"{where}: data_state generator must be a tensor or None")
+    return epoch, batch, gen
 
 
 def _check_state(name: str, state: object, ref: dict[str, Tensor], where: str) -> None:
