@@ -54,19 +54,30 @@ from scoresde.samplers import BudgetError, make_solver  # noqa: E402
 TARGET = 1.10
 
 #: (row label, solver name, options): every fixed-budget configuration that is benchmarked
-CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
-    ("euler_maruyama", "euler_maruyama", {}),
-    ("ancestral", "ancestral", {}),
-    ("ddim", "ddim", {"eta": 0.0}),
-    ("ddim", "ddim", {"eta": 1.0}),
-    ("heun", "heun", {}),
-    ("dpm_solver", "dpm_solver", {}),
-    ("pc", "pc", {}),
-    ("pf_ode", "pf_ode", {"method": "euler"}),
-    ("pf_ode", "pf_ode", {"method": "midpoint"}),
-    ("pf_ode", "pf_ode", {"method": "rk4"}),
-    ("torchsde", "torchsde", {"method": "euler"}),
-]
+#: option variants measured besides each registered solver's defaults; solvers that are
+#: adaptive by default (pf_ode, torchsde) are measured through their fixed-step methods
+VARIANTS: dict[str, list[dict[str, Any]]] = {
+    "ddim": [{"eta": 0.0}, {"eta": 1.0}],
+    "pf_ode": [{"method": "euler"}, {"method": "midpoint"}, {"method": "rk4"}],
+    "torchsde": [{"method": "euler"}],
+}
+
+
+def configs() -> list[tuple[str, str, dict[str, Any]]]:
+    """Every registered solver (the registry, not a list kept here): its variants, or its
+    defaults; solvers that are adaptive only (no fixed-step variant, e.g. ggf) are skipped,
+    since the figure of merit needs a fixed budget."""
+    from scoresde.samplers import adaptive_solvers
+    rows = []
+    for name in sd.SOLVERS:
+        if name in VARIANTS:
+            rows += [(name, name, dict(o)) for o in VARIANTS[name]]
+        elif name not in adaptive_solvers():
+            rows.append((name, name, {}))
+    return rows
+
+
+CONFIGS: list[tuple[str, str, dict[str, Any]]] = configs()
 
 
 def sync(device: torch.device) -> None:
