@@ -253,6 +253,9 @@ def test_cli_train_bad_steps(tmp_path, capsys, steps):
 
 
 def test_ctrl_c_during_training_saves_a_checkpoint_and_says_where(tmp_path):
+    # a shell's background job starts with SIGINT ignored; Ctrl-C handling is only installed
+    # over Python's default handler, so put that in place as an interactive run has it
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     data = _data()
 
     def batches(n, g):
