@@ -300,7 +300,7 @@ def _demo(a: argparse.Namespace, work: Path, out: Path) -> tuple[float, list[str
     from .evaluation.compare import builtin_target, checkpoint_target, compare
 
     t_start = time.perf_counter()
-    n, steps, reps = (200, 60, 3) if a.quick else (a.n, a.steps, a.replicates)
+    n, steps, reps = (200, 60, 2) if a.quick else (a.n, a.steps, a.replicates)
     budgets = (6, 12) if a.quick else DEMO_BUDGETS
     prog = not a.no_progress
     opts = dict(n=n, replicates=reps, seed=a.seed, progress=prog, command=_command(),
