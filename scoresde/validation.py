@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -21,7 +21,7 @@ Tensor = torch.Tensor
 
 __all__ = ["as_time", "bcast", "check_batch", "check_choice", "check_int", "check_real",
            "check_positive", "check_even_int", "check_finite", "check_tolerances",
-           "check_generator", "check_data", "check_time_in", "check_instance"]
+           "check_generator", "check_data", "check_time_in", "check_instance", "check_cond"]
 
 
 def as_time(t: float | Tensor, batch: int | None, ref: Tensor | None = None, *,
@@ -190,3 +190,30 @@ def check_instance(name: str, value: Any, cls: type | tuple[type, ...], what: st
     if not isinstance(value, cls):
         raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
     return value
+
+
+def check_cond(cond: object, batch: int, name: str = "cond") -> dict[str, Tensor]:
+    """Conditioning keyword tensors for a network call, as a new dict: `None` is `{}`;
+    otherwise a mapping from names (strings, e.g. `"y"`) to tensors whose first dimension is
+    the batch size `batch` (e.g. class labels of shape `(B,)`).
+
+    **Raises:** `TypeError` for a non-mapping, a non-string key or a non-tensor value;
+    `ValueError` for a tensor whose first dimension is not `batch`.
+    """
+    if cond is None:
+        return {}
+    if not isinstance(cond, Mapping):
+        raise TypeError(f"{name} must be a dict of conditioning tensors (e.g. {{'y': labels}}), "
+                        f"got {type(cond).__name__}")
+    out: dict[str, Tensor] = {}
+    for k, v in cond.items():
+        if not isinstance(k, str):
+            raise TypeError(f"{name} keys must be strings (keyword names of the network), got {k!r}")
+        if not isinstance(v, Tensor):
+            raise TypeError(f"{name}[{k!r}] must be a tensor with batch dimension B={batch}, "
+                            f"got {type(v).__name__}")
+        if v.dim() == 0 or v.shape[0] != batch:
+            raise ValueError(f"{name}[{k!r}] has shape {tuple(v.shape)}; its first dimension must "
+                             f"be the batch size B={batch}")
+        out[k] = v
+    return out
