@@ -7,6 +7,8 @@ torchdiffeq are imported on first use.
 
 from . import analytic, data, dynamics, evaluation, likelihood, nets, samplers, validation
 from .evaluation import compare, metrics
+from .guidance import classifier_guidance, guidance
+from .inpaint import inpaint
 from .likelihood import (
     BoundResult,
     BPDResult,
@@ -74,4 +76,5 @@ __all__ = [
     "log_likelihood", "LikelihoodResult", "pf_ode_encode", "pf_ode_decode", "FlowResult",
     "variational_bound", "BoundResult", "bits_per_dim", "uniform_dequantize",
     "dequantized_bits_per_dim", "BPDResult", "image_bits_per_dim", "level_centers", "quantize",
+    "guidance", "classifier_guidance", "inpaint",
 ]

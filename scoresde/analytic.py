@@ -251,5 +251,142 @@ class GaussianMixture:
         [`score`][scoresde.analytic.GaussianMixture.score] (zero model error)."""
         return ScoreModel.from_score_fn(lambda x, t: self.score(x, t, sde), sde, device=device)
 
+    # ----- conditioning: classes and observed coordinates -------------------------------
+    def component(self, k: int) -> GaussianMixture:
+        r"""The `k`-th component $N(\mu_k, \Sigma_k)$ as a one-component mixture (same
+        `event_shape`): the exact class-conditional distribution of label `k` when the
+        components are the classes."""
+        k = check_int("k", k, 0)
+        if k >= self.n_components:
+            raise ValueError(f"k={k} is outside the components 0..{self.n_components - 1}")
+        return GaussianMixture(torch.ones(1, dtype=torch.float64), self.means[k:k + 1],
+                               self.covs[k:k + 1], event_shape=self.event_shape)
+
+    def _check_labels(self, y: Tensor | None, batch: int) -> Tensor | None:
+        if y is None:
+            return None
+        if not isinstance(y, Tensor) or y.is_floating_point() or y.is_complex() \
+                or y.dtype == torch.bool:
+            what = f"a {y.dtype} tensor" if isinstance(y, Tensor) else type(y).__name__
+            raise TypeError(f"y must be an integer tensor of class labels, got {what}")
+        if y.dim() == 0:
+            y = y.expand(batch)
+        if y.shape != (batch,):
+            raise ValueError(f"y must have shape (B,) = ({batch},), got {tuple(y.shape)}")
+        k = self.n_components
+        if bool(((y < 0) | (y > k)).any()):
+            raise ValueError(f"class labels must lie in 0..{k - 1}, or be {k} (the null label: "
+                             f"the whole mixture); got values in {int(y.min())}..{int(y.max())}")
+        return y
+
+    def conditional_score(self, x: Tensor, t: float | Tensor, sde: SDE,
+                          y: Tensor | None = None) -> Tensor:
+        r"""Exact class-conditional score under `sde`: for label $y = k < K$ the score of
+        component $k$ alone, $-(\alpha^2\Sigma_k + \sigma^2 I)^{-1}(x - \alpha\mu_k)$; for
+        the null label $y = K$ (or `y=None`) the mixture's score
+        ([`score`][scoresde.analytic.GaussianMixture.score]). `y`: integer labels of shape
+        `(B,)` (or 0-d) in `0..K`; anything else is a `TypeError`/`ValueError`."""
+        xf = self._flat(x)
+        y = self._check_labels(y, xf.shape[0])
+        lj, scaled = self._logjoint(xf, *self._coefs(xf, t, sde))
+        r = torch.softmax(lj, dim=1)
+        if y is not None:
+            k = self.n_components
+            onehot = torch.nn.functional.one_hot(y.clamp(max=k - 1), k).to(r.dtype)
+            r = torch.where((y == k).unsqueeze(1), r, onehot)
+        w = (r.unsqueeze(-1) * scaled).reshape(xf.shape[0], -1)
+        u_all, _ = self._rotation(xf)
+        return -(w @ u_all.T).reshape(x.shape)
+
+    def as_conditional_model(self, sde: SDE, device: torch.device | str | None = None
+                             ) -> ScoreModel:
+        """An exact class-conditional [`ScoreModel`][scoresde.models.ScoreModel] whose
+        network takes labels `y` (`model.score(x, t, y=labels)`, `sd.sample(..., cond={"y":
+        labels})`): label `k < K` gives component `k`'s exact score, the null label
+        `K = n_components` (or no `y`) the whole mixture's
+        ([`conditional_score`][scoresde.analytic.GaussianMixture.conditional_score]).
+        Its network exposes `null_label = K` and `num_classes = K`, like a class-conditional
+        `UNet`, so classifier-free guidance ([`scoresde.guidance`][scoresde.guidance.guidance])
+        and class-conditional sampling are tested with zero model error."""
+        model = ScoreModel.from_score_fn(
+            lambda x, t, y=None: self.conditional_score(x, t, sde, y), sde, device=device)
+        model.net.null_label = self.n_components
+        model.net.num_classes = self.n_components
+        return model
+
+    def _check_mask(self, mask: object) -> Tensor:
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            what = f"a {mask.dtype} tensor" if isinstance(mask, Tensor) else type(mask).__name__
+            raise TypeError(f"mask must be a bool tensor (True = observed), got {what}")
+        if tuple(mask.shape) not in (self.event_shape, (self.dim,)):
+            raise ValueError(f"mask must have the event shape {self.event_shape} (or ({self.dim},)), "
+                             f"got {tuple(mask.shape)}")
+        m = mask.detach().cpu().reshape(self.dim)
+        n_obs = int(m.sum())
+        if n_obs == 0 or n_obs == self.dim:
+            raise ValueError(f"mask observes {n_obs} of {self.dim} coordinates; condition() needs "
+                             "at least one observed and one unobserved coordinate")
+        return m
+
+    def condition(self, mask: Tensor, x_obs: Tensor) -> GaussianMixture:
+        r"""The exact conditional distribution of the unobserved coordinates given the
+        observed ones, $p(x_u \mid x_o)$: again a Gaussian mixture.
+
+        Per component (Gaussian conditioning), with $o$ the observed and $u$ the
+        unobserved coordinates,
+        $\mu_k' = \mu_{k,u} + \Sigma_{k,uo}\Sigma_{k,oo}^{-1}(x_o - \mu_{k,o})$ and
+        $\Sigma_k' = \Sigma_{k,uu} - \Sigma_{k,uo}\Sigma_{k,oo}^{-1}\Sigma_{k,ou}$; the
+        weights are reweighted by each component's marginal likelihood of the observation,
+        $w_k' \propto w_k\,N(x_o;\mu_{k,o},\Sigma_{k,oo})$ (Bayes' rule over the
+        component label). Weights that underflow are kept at the smallest positive float64,
+        so component `k` of the result is component `k` of the mixture.
+
+        **Arguments:**
+
+        - `mask`: bool tensor of the event shape (or `(D,)`), `True` = observed; at least
+          one coordinate observed and one not.
+        - `x_obs`: one observation: a tensor of the event shape (or `(D,)`) whose entries
+          at `mask` are read (the others are ignored), or the `m` observed values in the
+          flattened (row-major) order of the event, shape `(m,)`.
+
+        **Returns:** a `GaussianMixture` over the unobserved coordinates, in flattened
+        (row-major) order, event shape `(D - m,)`.
+
+        **Raises:** `TypeError`/`ValueError` for a wrong mask or observation; `ValueError`
+        if a component's covariance of the observed coordinates is singular.
+        """
+        m = self._check_mask(mask)
+        if not isinstance(x_obs, Tensor):
+            raise TypeError(f"x_obs must be a tensor, got {type(x_obs).__name__}")
+        xo = x_obs.detach().to(device="cpu", dtype=torch.float64)
+        n_obs = int(m.sum())
+        if xo.numel() == self.dim and tuple(xo.shape) in (self.event_shape, (self.dim,)):
+            xo = xo.reshape(self.dim)[m]
+        elif tuple(xo.shape) != (n_obs,):
+            raise ValueError(f"x_obs must have the event shape {self.event_shape} or hold the "
+                             f"{n_obs} observed values (shape ({n_obs},)), got {tuple(xo.shape)}")
+        if not bool(torch.isfinite(xo).all()):
+            raise ValueError("x_obs must be finite at the observed coordinates")
+        o, u = m.nonzero().squeeze(1), (~m).nonzero().squeeze(1)
+        s_oo = self.covs[:, o][:, :, o]                               # (K, m, m)
+        s_uo = self.covs[:, u][:, :, o]                               # (K, D-m, m)
+        s_uu = self.covs[:, u][:, :, u]
+        chol, info = torch.linalg.cholesky_ex(s_oo)
+        if bool((info != 0).any()):
+            k = int((info != 0).nonzero()[0, 0])
+            raise ValueError(f"component {k}'s covariance of the observed coordinates is singular; "
+                             "it cannot be conditioned on them")
+        resid = (xo - self.means[:, o]).unsqueeze(-1)                 # (K, m, 1)
+        white = torch.linalg.solve_triangular(chol, resid, upper=False)
+        gain_t = torch.cholesky_solve(s_uo.transpose(1, 2), chol)     # S_oo^-1 S_ou, (K, m, D-m)
+        mu = self.means[:, u] + (s_uo @ torch.cholesky_solve(resid, chol)).squeeze(-1)
+        cov = s_uu - s_uo @ gain_t
+        cov = 0.5 * (cov + cov.transpose(1, 2))
+        loglik = -0.5 * (n_obs * math.log(2 * math.pi) + white.pow(2).sum((1, 2))
+                         + 2.0 * torch.diagonal(chol, dim1=1, dim2=2).log().sum(-1))
+        w = torch.softmax(self.weights.log() + loglik, dim=0)
+        w = w.clamp(min=torch.finfo(torch.float64).tiny)
+        return GaussianMixture(w / w.sum(), mu, cov)
+
     def __repr__(self) -> str:
         return f"GaussianMixture(K={self.n_components}, D={self.dim})"

@@ -193,13 +193,22 @@ def cmd_sample(a: argparse.Namespace) -> int:
     spec = SolverSpec.parse(a.solver)
     folder = _result_folder(a.out, a.overwrite)
     out = Path(a.out)
+    cond = None
+    if a.class_label is not None:
+        k = getattr(model.net, "num_classes", None)
+        if not k:
+            raise UsageError("--class needs a class-conditional network (one with num_classes); "
+                             f"this checkpoint's {type(model.net).__name__} is unconditional")
+        if not 0 <= a.class_label < k:
+            raise UsageError(f"--class {a.class_label} is outside the network's classes 0..{k - 1}")
+        cond = {"y": torch.full((a.n,), a.class_label, dtype=torch.long, device=model.device)}
     g = torch.Generator().manual_seed(a.seed)
     res = sample(model, (a.n, *event_shape), solver=spec.make(), nfe=None if spec.adaptive else a.nfe,
-                 generator=g, grid=spec.grid, progress=not a.no_progress)
+                 generator=g, grid=spec.grid, progress=not a.no_progress, cond=cond)
     x = res.x.cpu()
     with folder as work:
         np.savez(work / "samples.npz", x=x.numpy(), nfe=res.nfe, solver=spec.label, seed=a.seed,
-                 command=_command())
+                 command=_command(), **({"label": a.class_label} if cond else {}))
         plot_samples(x, work / "samples.png", title=f"{spec.label}, NFE {res.nfe}")
     print(f"{a.n} samples with {spec.label} (NFE {res.nfe}): {out / 'samples.npz'}, "
           f"{out / 'samples.png'}")
@@ -425,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nfe", type=int, default=100)
     s.add_argument("--n", type=int, default=5000)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--class", dest="class_label", type=int, default=None, metavar="K",
+                   help="sample class K of a class-conditional network (cond y=K); default: "
+                        "unconditional")
     s.add_argument("--out", default="runs/sample")
     s.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     s.add_argument("--no-progress", action="store_true")

@@ -53,9 +53,14 @@ class ScoreModel(nn.Module):
     - `sde`: the forward [`SDE`][scoresde.sdes.SDE].
     - `prediction`: what `net` predicts, one of `"eps" | "score" | "x0" | "v"`.
 
-    `n_evals` counts network forward passes (a host-side integer; samplers and the
-    likelihood read it to report honest NFE). It is a module, so `.to()`,
-    `.parameters()` and `state_dict()` reach the network.
+    `n_evals` counts network evaluations (a host-side integer; samplers and the
+    likelihood read it to report honest NFE): each call of `forward` adds
+    `evals_per_call`, the public cost of one call in network evaluations: 1 for a plain
+    model, 2 for a classifier-free guided one ([`scoresde.guidance`][scoresde.guidance.guidance]
+    evaluates the network on a doubled batch), so that a budget of `nfe` evaluations is the
+    same work whatever the model. [`sample`][scoresde.samplers.sampling.sample] turns an NFE
+    budget into `nfe / evals_per_call` calls. It is a module, so `.to()`, `.parameters()` and
+    `state_dict()` reach the network.
 
     **Paths.** The checked methods `eps`, `score`, `x0`, `v` validate `x` and `t`, compute
     the coefficients and call [`evaluate`][scoresde.models.ScoreModel.evaluate], the
@@ -79,6 +84,8 @@ class ScoreModel(nn.Module):
         self.sde = sde
         self.prediction = prediction
         self.n_evals = 0
+        #: network evaluations one call counts (`n_evals` grows by it per call)
+        self.evals_per_call = 1
         self._device: torch.device | None = None
 
     @classmethod
@@ -102,8 +109,8 @@ class ScoreModel(nn.Module):
     # ----- the one network call --------------------------------------------------------
     def forward(self, x: Tensor, t: float | Tensor, **cond: Tensor) -> Tensor:
         """The raw network output `net(x, t, **cond)`: the **one** place the network is
-        called, so `n_evals`, forward hooks on this module and any wrapper of `net` (DDP,
-        `torch.compile`) see every evaluation on every path.
+        called, so `n_evals` (grown by `evals_per_call`), forward hooks on this module and
+        any wrapper of `net` (DDP, `torch.compile`) see every evaluation on every path.
 
         Unchecked for speed: `x` must be `(B, *event_shape)` and a tensor `t` must already be
         in range (shape `()` or `(B,)`; a 0-d `t` is expanded to `(B,)`); a Python float `t`
@@ -114,7 +121,7 @@ class ScoreModel(nn.Module):
         if t.dim() == 0:
             t = t.expand(x.shape[0])
         out = self.net(x, t, **cond)
-        self.n_evals += 1
+        self.n_evals += self.evals_per_call
         if not isinstance(out, Tensor) or out.shape != x.shape:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"the network returned shape {shape} for input of shape "
@@ -142,7 +149,15 @@ class ScoreModel(nn.Module):
         [`eps`][scoresde.models.ScoreModel.eps], `score`, `x0`, `v` call this, so a subclass
         that overrides `evaluate` (or `forward`) changes every path consistently.
         """
-        out = self(x, t, **cond)
+        return self.convert(self(x, t, **cond), x, alpha, sigma, kind)
+
+    def convert(self, out: Tensor, x: Tensor, alpha: Tensor | float, sigma: Tensor | float,
+                kind: str = "eps") -> Tensor:
+        r"""A raw network output `out` (what the network predicts, `prediction`) at `x`
+        converted to `kind` (`"eps"`, `"score"`, `"x0"` or `"v"`) with the coefficients
+        $\alpha$, $\sigma$ of its time: the one place the conversions (module docstring)
+        are written; [`evaluate`][scoresde.models.ScoreModel.evaluate] is
+        `convert(self(x, t), x, alpha, sigma, kind)`. No network call."""
         p = self.prediction
         if kind == p:
             return out

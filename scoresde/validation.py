@@ -199,8 +199,8 @@ def check_cond(cond: object, batch: int, name: str = "cond") -> dict[str, Tensor
     if cond is None:
         return {}
     if not isinstance(cond, Mapping):
-        raise TypeError(f"{name} must be a dict of tensors with batch dimension {batch} "
-                        f"(e.g. {{'y': labels}}) or None, got {type(cond).__name__}")
+        raise TypeError(f"{name} must be a dict of conditioning tensors with batch dimension "
+                        f"{batch} (e.g. {{'y': labels}}) or None, got {type(cond).__name__}")
     for key, value in cond.items():
         if not isinstance(key, str):
             raise TypeError(f"{name} keys must be strings (keyword arguments of the network), "
@@ -212,5 +212,5 @@ def check_cond(cond: object, batch: int, name: str = "cond") -> dict[str, Tensor
             raise TypeError(f"{name}[{key!r}] must be a tensor, got {type(value).__name__}")
         if value.dim() == 0 or value.shape[0] != batch:
             raise ValueError(f"{name}[{key!r}] has shape {tuple(value.shape)}; its first (batch) "
-                             f"dimension must be {batch}, the batch size of x")
+                             f"dimension must be {batch}, the batch size B={batch} of x")
     return dict(cond)

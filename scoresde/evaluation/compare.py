@@ -544,16 +544,21 @@ def _floors(target: Target, n: int, repeats: int, seed: int, metric_seed: int,
     return out
 
 
-def _nfe_for(spec: SolverSpec, budget: int | None, mode: str) -> tuple[int | None, str | None]:
-    """The NFE a spec runs with at ``budget``, or (None, why) if it cannot."""
+def _nfe_for(spec: SolverSpec, budget: int | None, mode: str, per_call: int = 1
+             ) -> tuple[int | None, str | None]:
+    """The NFE a spec runs with at ``budget``, or (None, why) if it cannot; a model that
+    counts ``per_call`` evaluations per call (``model.evals_per_call``, e.g. classifier-free
+    guidance) is charged for them, so budgets stay equal work."""
     if budget is None or mode == "exact":
         return budget, None
     slv = spec.make()
-    steps = slv.steps_within(budget, extra=1)
+    steps = slv.steps_within(budget // per_call, extra=1)
     if steps == 0:
+        cost = f"{slv.cost_formula()} + 1"
+        cost = f"{per_call} x ({cost})" if per_call != 1 else cost
         return None, (f"solver {spec.label!r} needs more than {budget} evaluations for one step "
-                      f"plus denoising ({slv.cost_formula()} + 1)")
-    return slv.nfe_for_steps(steps) + 1, None
+                      f"plus denoising ({cost})")
+    return per_call * (slv.nfe_for_steps(steps) + 1), None
 
 
 def _run(target: Target, specs: list[SolverSpec], budgets: list[int], out: Path | None, *,
@@ -655,7 +660,7 @@ def _run(target: Target, specs: list[SolverSpec], budgets: list[int], out: Path 
                 "base": dataclasses.replace(spec, grid=None).label, "grid": spec.grid,
                 "grid_used": "adaptive" if spec.adaptive else (spec.grid or slv.default_grid),
                 "adaptive": spec.adaptive, "budget": budget, "stochastic": bool(slv.stochastic)}
-            nfe, why = _nfe_for(spec, budget, budget_mode)
+            nfe, why = _nfe_for(spec, budget, budget_mode, model.evals_per_call)
             bar.set_postfix_str(f"{spec.label} nfe={nfe}")
             if why is not None:
                 row.update(status="unreachable", message=why, nfe=None)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import inspect
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -48,7 +49,30 @@ from ..models import ScoreModel
 Tensor = torch.Tensor
 
 __all__ = ["Solver", "FixedGridSolver", "AdaptiveSolver", "StepContext", "SamplingError",
-           "BudgetError"]
+           "BudgetError", "StepCallback", "apply_callback"]
+
+#: ``callback(i, t, x) -> x or None``, called after each grid step (`apply_callback`)
+StepCallback = Callable[[int, float, Tensor], "Tensor | None"]
+
+
+def apply_callback(callback: StepCallback, i: int, t: float, x: Tensor) -> Tensor:
+    """Call ``callback(i, t, x)`` after grid step ``i`` (``t`` the time reached) and return
+    the state to continue from: the callback's tensor if it returned one, else ``x``.
+
+    **Raises:** `TypeError` if it returns something other than a tensor or ``None``;
+    `ValueError` if the tensor's shape, dtype or device differs from ``x``'s.
+    """
+    out = callback(i, t, x)
+    if out is None:
+        return x
+    if not isinstance(out, Tensor):
+        raise TypeError(f"a sampling callback must return a tensor or None, got "
+                        f"{type(out).__name__} (step {i}, t = {t:.6g})")
+    if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(f"a sampling callback returned a {tuple(out.shape)} {out.dtype} tensor "
+                         f"on {out.device} for the state {tuple(x.shape)} {x.dtype} on {x.device} "
+                         f"(step {i}, t = {t:.6g}); return a tensor like x, or None")
+    return out
 
 
 class SamplingError(RuntimeError):
@@ -73,8 +97,10 @@ class StepContext:
     `generator`; `t`, the grid on ``x``'s device and dtype (what the network is fed); the
     per-grid-point coefficients as Python floats computed in float64 on the host (so step
     arithmetic on them launches no device kernels): `alpha`, `sigma`, `f` ($f(t)$), `g2`
-    ($g(t)^2$), `lam` ($\lambda(t)$), each a list of length ``n+1``; and `state`, a dict the
-    solver may use for its own history (multistep methods).
+    ($g(t)^2$), `lam` ($\lambda(t)$), each a list of length ``n+1``; `state`, a dict the
+    solver may use for its own history (multistep methods); and `cond`, the conditioning
+    keyword tensors (batch dimension ``B``) passed to every network call (empty: none).
+    A solver that calls ``ctx.model.evaluate`` itself passes ``**ctx.cond``.
     """
 
     model: ScoreModel
@@ -87,6 +113,7 @@ class StepContext:
     g2: list[float]
     lam: list[float]
     state: dict[str, Any] = field(default_factory=dict)
+    cond: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def sde(self):
@@ -98,7 +125,7 @@ class StepContext:
 
     def eps(self, x: Tensor, i: int) -> Tensor:
         r"""$\hat\varepsilon(x, t_i)$: one network evaluation at grid point ``i``."""
-        return self.model.evaluate(x, self.t[i], self.alpha[i], self.sigma[i])
+        return self.model.evaluate(x, self.t[i], self.alpha[i], self.sigma[i], **self.cond)
 
     def score(self, x: Tensor, i: int) -> Tensor:
         r"""$s(x, t_i) = -\hat\varepsilon/\sigma_i$: one network evaluation."""
@@ -177,7 +204,13 @@ class Solver(ABC):
               generator: torch.Generator | None = None, *, trajectory: bool = False,
               progress: bool = False) -> tuple[Tensor, Tensor | None]:
         """Integrate from ``grid[0] = T`` to ``grid[-1]`` on the given grid.
-        **Returns:** ``(x_end, trajectory or None)``."""
+        **Returns:** ``(x_end, trajectory or None)``.
+
+        The built-in solvers also take the keyword arguments ``cond`` (a dict of conditioning
+        tensors passed to every network call) and ``callback`` (see
+        [`FixedGridSolver.solve`][scoresde.samplers.base.FixedGridSolver.solve]);
+        [`sample`][scoresde.samplers.sampling.sample] passes them only when given, so a
+        solver written without them keeps working for unconditional sampling."""
 
     @classmethod
     def options(cls) -> list[str]:
@@ -197,13 +230,16 @@ class FixedGridSolver(Solver):
     comparison_specs: ClassVar[tuple[dict[str, Any], ...]] = ({},)
 
     def start(self, model: ScoreModel, x: Tensor, grid: Tensor,
-              generator: torch.Generator | None = None) -> StepContext:
-        """Precompute the per-grid coefficients and let the solver initialise its state."""
+              generator: torch.Generator | None = None, *,
+              cond: dict[str, Tensor] | None = None) -> StepContext:
+        """Precompute the per-grid coefficients and let the solver initialise its state;
+        ``cond`` (conditioning tensors, e.g. ``{"y": labels}``) goes to every network call."""
         sde = model.sde
         t = grid.to(dtype=x.dtype, device=x.device)
         g64 = grid.to(device="cpu", dtype=torch.float64)
         alpha, sigma, f, g2, lam = (c.tolist() for c in (*sde.coefficients(g64), sde.log_snr(g64)))
-        ctx = StepContext(model, grid, generator, t, alpha, sigma, f, g2, lam)
+        ctx = StepContext(model, grid, generator, t, alpha, sigma, f, g2, lam,
+                          cond=dict(cond) if cond else {})
         self.init(ctx, x)
         return ctx
 
@@ -216,18 +252,29 @@ class FixedGridSolver(Solver):
 
     def solve(self, model: ScoreModel, x: Tensor, grid: Tensor,
               generator: torch.Generator | None = None, *, trajectory: bool = False,
-              progress: bool = False) -> tuple[Tensor, Tensor | None]:
+              progress: bool = False, cond: dict[str, Tensor] | None = None,
+              callback: StepCallback | None = None) -> tuple[Tensor, Tensor | None]:
         """Run every step of the grid. **Returns:** ``(x_end, trajectory or None)``;
         the trajectory has shape ``(n_steps + 1, *x.shape)``.
 
+        ``cond``: conditioning tensors passed to every network call. ``callback(i, t, x)``:
+        called after step ``i`` (``0 <= i < n_steps``) with ``t = grid[i + 1]`` (a Python
+        float, the time reached) and the state ``x``; a returned tensor (same shape, dtype
+        and device) replaces the state, ``None`` keeps it (`apply_callback`). Multistep
+        solvers keep their history of network outputs, so a replaced state enters their
+        next step as it is.
+
         **Raises:** `SamplingError` naming the first step that produced NaN/Inf.
         """
-        ctx = self.start(model, x, grid, generator)
+        ctx = self.start(model, x, grid, generator, cond=cond)
         n = ctx.n_steps
+        times = grid.tolist() if callback is not None else None
         path = [x] if trajectory else None
         finite = []  # one 0-d flag per step, reduced once at the end: no host sync in the loop
         for i in tqdm(range(n), disable=not progress, desc=self.name, leave=False):
             x = self.step(ctx, x, i)
+            if callback is not None:
+                x = apply_callback(callback, i, times[i + 1], x)
             finite.append(torch.isfinite(x).all())
             if path is not None:
                 path.append(x)
@@ -248,7 +295,9 @@ class AdaptiveSolver(Solver):
     @abstractmethod
     def solve_adaptive(self, model: ScoreModel, x: Tensor, t_end: float,
                        generator: torch.Generator | None) -> Tensor:
-        """Integrate from ``T`` to ``t_end`` with adaptive steps."""
+        """Integrate from ``T`` to ``t_end`` with adaptive steps. The built-in solvers also
+        take ``cond=`` (conditioning tensors for every network call); an adaptive solve
+        takes no ``callback`` (its steps are not known in advance)."""
 
 
 class NonFiniteWatch:

@@ -76,7 +76,8 @@ class DPMSolverSinglestep(FixedGridSolver):
 
     def _eps_mid(self, ctx: StepContext, u: torch.Tensor, i: int, k: int) -> torch.Tensor:
         st = ctx.state
-        return ctx.model.evaluate(u, st["t_mid"][i, k], st["a_mid"][i][k], st["s_mid"][i][k])
+        return ctx.model.evaluate(u, st["t_mid"][i, k], st["a_mid"][i][k], st["s_mid"][i][k],
+                                  **ctx.cond)
 
     def step(self, ctx: StepContext, x: torch.Tensor, i: int) -> torch.Tensor:
         a_s, a_t, s_t = ctx.alpha[i], ctx.alpha[i + 1], ctx.sigma[i + 1]

@@ -92,25 +92,26 @@ class GottaGoFast(FixedGridSolver, AdaptiveSolver):
 
     # ----- adaptive -------------------------------------------------------------------------
     @staticmethod
-    def _drift(model: ScoreModel, x: Tensor, t: Tensor, watch: NonFiniteWatch
-               ) -> tuple[Tensor, Tensor, Tensor]:
+    def _drift(model: ScoreModel, x: Tensor, t: Tensor, watch: NonFiniteWatch,
+               cond: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """(reverse drift f x - g^2 s at the times ``t`` (float64, shape () or (B,)), g^2,
         whether a score was NaN/Inf): one evaluation; ``watch`` keeps the first bad time."""
         c = model.sde.coefficients(t)
         alpha, sigma = bcast(c.alpha.to(x.dtype), x), bcast(c.sigma.to(x.dtype), x)
-        score = model.evaluate(x, t.to(x.dtype), alpha, sigma, "score")
+        score = model.evaluate(x, t.to(x.dtype), alpha, sigma, "score", **cond)
         bad = ~torch.isfinite(score.reshape(score.shape[0], -1)).all(dim=1)
         watch(torch.where(bad, t, torch.full_like(t, math.inf)).min(), score)
         g2 = c.g2.to(x.dtype)
         return drift_from_score(x, score, c.f.to(x.dtype), g2), g2, bad.any()
 
     def _two_stages(self, model: ScoreModel, x: Tensor, t: Tensor, t2: Tensor, h: Tensor,
-                    dw: Tensor, watch: NonFiniteWatch) -> tuple[Tensor, Tensor, Tensor]:
+                    dw: Tensor, watch: NonFiniteWatch, cond: dict[str, Tensor]
+                    ) -> tuple[Tensor, Tensor, Tensor]:
         """(x', x'', any NaN/Inf score) of one attempt from ``t`` to ``t2 = t - h``."""
         hx = bcast(h.to(x.dtype), x)
-        d1, g2, bad1 = self._drift(model, x, t, watch)
+        d1, g2, bad1 = self._drift(model, x, t, watch, cond)
         x1 = x - hx * d1 + bcast(g2.sqrt(), x) * dw
-        d2, g2b, bad2 = self._drift(model, x1, t2, watch)
+        d2, g2b, bad2 = self._drift(model, x1, t2, watch, cond)
         x2 = 0.5 * (x1 + x - hx * d2 + bcast(g2b.sqrt(), x) * dw)
         return x1, x2, bad1 | bad2
 
@@ -130,9 +131,11 @@ class GottaGoFast(FixedGridSolver, AdaptiveSolver):
                             "loosen rtol/atol or raise max_num_steps")
 
     def solve_adaptive(self, model: ScoreModel, x: Tensor, t_end: float,
-                       generator: torch.Generator | None) -> Tensor:
+                       generator: torch.Generator | None, *,
+                       cond: dict[str, Tensor] | None = None) -> Tensor:
+        cond = dict(cond) if cond else {}
         if self.noise == "resample":
-            return self._solve_resample(model, x, t_end, generator)
+            return self._solve_resample(model, x, t_end, generator, cond)
         import torchsde  # imported on first use: `import scoresde` stays light
 
         T = float(model.sde.T)
@@ -149,7 +152,7 @@ class GottaGoFast(FixedGridSolver, AdaptiveSolver):
             t2 = t_end if h >= t - t_end else t - h
             dw = bm(T - t, T - t2)
             x1, x2, bad = self._two_stages(model, x, torch.tensor(t, **f64), torch.tensor(t2, **f64),
-                                           torch.tensor(t - t2, **f64), dw, watch)
+                                           torch.tensor(t - t2, **f64), dw, watch, cond)
             err2, bad = torch.stack([self._scaled_error(x1, x2, x_prev).mean(),
                                      bad.to(torch.float64)]).tolist()              # one sync
             if bad:
@@ -163,7 +166,7 @@ class GottaGoFast(FixedGridSolver, AdaptiveSolver):
         raise self._too_many(t_end, t)
 
     def _solve_resample(self, model: ScoreModel, x: Tensor, t_end: float,
-                        generator: torch.Generator | None) -> Tensor:
+                        generator: torch.Generator | None, cond: dict[str, Tensor]) -> Tensor:
         """The paper's Algorithm 1: per-sample times and steps, fresh noise every attempt."""
         b = x.shape[0]
         t = torch.full((b,), float(model.sde.T), dtype=torch.float64, device=x.device)
@@ -177,7 +180,7 @@ class GottaGoFast(FixedGridSolver, AdaptiveSolver):
             t2 = torch.where(h >= left, torch.full_like(t, t_end), t - h)   # lands on t_end exactly
             z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
             dw = bcast(h.to(x.dtype).sqrt(), x) * z
-            x1, x2, bad = self._two_stages(model, x, t, t2, h, dw, watch)
+            x1, x2, bad = self._two_stages(model, x, t, t2, h, dw, watch, cond)
             err = self._scaled_error(x1, x2, x_prev).sqrt()
             accept = active & (err <= 1.0)
             keep = bcast(accept, x)

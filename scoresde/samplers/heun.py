@@ -80,7 +80,7 @@ class Heun(FixedGridSolver):
         else:
             xs, s_hat, t_hat, a_hat = churned
             h = s_next - s_hat
-            d = ctx.model.evaluate(a_hat * xs, t_hat, a_hat, a_hat * s_hat)
+            d = ctx.model.evaluate(a_hat * xs, t_hat, a_hat, a_hat * s_hat, **ctx.cond)
         x_next = torch.add(xs, d, alpha=h)
         if i < ctx.n_steps - 1:
             d2 = ctx.eps(x_next * a_next, i + 1)

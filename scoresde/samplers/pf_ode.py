@@ -19,7 +19,14 @@ from ..dynamics import ProbabilityFlow
 from ..integrate import ADAPTIVE_METHODS, FIXED_METHOD_COST, odeint_range
 from ..models import ScoreModel
 from ..validation import check_tolerances
-from .base import AdaptiveSolver, NonFiniteWatch, SamplingError, nan_at_step
+from .base import (
+    AdaptiveSolver,
+    NonFiniteWatch,
+    SamplingError,
+    StepCallback,
+    apply_callback,
+    nan_at_step,
+)
 from .registry import register_solver
 
 Tensor = torch.Tensor
@@ -64,10 +71,24 @@ class ProbabilityFlowODE(AdaptiveSolver):
 
     def solve(self, model: ScoreModel, x: Tensor, grid: Tensor,
               generator: torch.Generator | None = None, *, trajectory: bool = False,
-              progress: bool = False) -> tuple[Tensor, Tensor | None]:
+              progress: bool = False, cond: dict[str, Tensor] | None = None,
+              callback: StepCallback | None = None) -> tuple[Tensor, Tensor | None]:
+        """The fixed-grid solve; ``cond`` goes to every network call, and ``callback(i, t, x)``
+        (see [`FixedGridSolver.solve`][scoresde.samplers.base.FixedGridSolver.solve]) is
+        called after each grid interval, which is then integrated one at a time."""
         method = self._fixed_method()
-        path = odeint_range(ProbabilityFlow(model), x, float(grid[0]), float(grid[-1]), method=method,
-                            grid=grid, return_path=True)
+        rhs = ProbabilityFlow(model, **(cond or {}))
+        if callback is None:
+            path = odeint_range(rhs, x, float(grid[0]), float(grid[-1]), method=method,
+                                grid=grid, return_path=True)
+        else:
+            times, states = grid.tolist(), [x]
+            for i in range(grid.shape[0] - 1):
+                x = odeint_range(rhs, x, times[i], times[i + 1], method=method,
+                                 grid=grid[i:i + 2], return_path=True)[-1]
+                x = apply_callback(callback, i, times[i + 1], x)
+                states.append(x)
+            path = torch.stack(states)
         bad = ~torch.isfinite(path.reshape(path.shape[0], -1)).all(dim=1)
         if bool(bad.any()):
             k = int(bad.nonzero()[0, 0]) - 1
@@ -76,12 +97,13 @@ class ProbabilityFlowODE(AdaptiveSolver):
         return path[-1], (path if trajectory else None)
 
     def solve_adaptive(self, model: ScoreModel, x: Tensor, t_end: float,
-                       generator: torch.Generator | None) -> Tensor:
+                       generator: torch.Generator | None, *,
+                       cond: dict[str, Tensor] | None = None) -> Tensor:
         method = self.method or "dopri5"
         if method not in ADAPTIVE_METHODS:
             raise ValueError(f"nfe=None needs an adaptive method {sorted(ADAPTIVE_METHODS)}, "
                              f"got {method!r}")
-        rhs, watch = ProbabilityFlow(model), NonFiniteWatch()
+        rhs, watch = ProbabilityFlow(model, **(cond or {})), NonFiniteWatch()
         where = f"in the adaptive solve from t={model.sde.T} to t={t_end}"
         try:
             out = odeint_range(lambda t, y: watch(t, rhs(t, y)), x, model.sde.T, t_end,

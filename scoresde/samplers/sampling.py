@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,8 +11,8 @@ import torch
 
 from ..dynamics import tweedie_denoise
 from ..models import ScoreModel, check_model
-from ..validation import check_batch, check_finite
-from .base import AdaptiveSolver, BudgetError, SamplingError, Solver
+from ..validation import check_batch, check_cond, check_finite
+from .base import AdaptiveSolver, BudgetError, SamplingError, Solver, StepCallback
 from .grids import TimeGrid, get_grid
 from .registry import adaptive_solvers, make_solver
 
@@ -82,15 +84,56 @@ def _explicit_grid(grid: Tensor, T: float) -> Tensor:
     return g
 
 
-def _grid_cost(slv: Solver, grid: Tensor, denoise: bool) -> int:
-    return slv.nfe_for_steps(grid.shape[0] - 1) + int(denoise)
+def _grid_cost(slv: Solver, grid: Tensor, denoise: bool, per_call: int = 1) -> int:
+    return per_call * (slv.nfe_for_steps(grid.shape[0] - 1) + int(denoise))
+
+
+def _steps_for_budget(slv: Solver, nfe: int, extra: int, per_call: int) -> int:
+    """The steps whose cost, with a model counting ``per_call`` evaluations per call, is
+    exactly ``nfe``: ``per_call * (nfe_for_steps(n) + extra) == nfe``; else `BudgetError`."""
+    if per_call == 1:
+        return slv.steps_for_nfe(nfe, extra)
+    calls, rem = divmod(nfe, per_call)
+    n = slv.steps_within(calls, extra)
+    if rem or n == 0 or slv.nfe_for_steps(n) + extra != calls:
+        near = [per_call * (slv.nfe_for_steps(k) + extra) for k in range(max(1, n - 2), n + 4)]
+        lower = [k for k in near if k < nfe][-3:]
+        higher = [k for k in near if k > nfe][:3]
+        den = " + 1 for the final denoising step" if extra else ""
+        raise BudgetError(f"solver {slv.name!r} cannot use exactly nfe={nfe} with a model that "
+                          f"counts {per_call} evaluations per call (model.evals_per_call, e.g. "
+                          f"classifier-free guidance): it costs {per_call} x ({slv.cost_formula()}"
+                          f"{den}); the nearest budgets it can meet are {lower + higher}")
+    return slv.steps_for_nfe(calls, extra)
+
+
+def _solve_kwargs(slv: Solver, method: str, cond: dict[str, Tensor],
+                  callback: StepCallback | None) -> dict[str, Any]:
+    """``cond``/``callback`` for the solver's ``method``, passed only when given (so a user's
+    solver written without them keeps working unconditionally), else a clear `TypeError`."""
+    kw: dict[str, Any] = {}
+    if cond:
+        kw["cond"] = cond
+    if callback is not None:
+        kw["callback"] = callback
+    if not kw:
+        return kw
+    params = inspect.signature(getattr(slv, method)).parameters
+    takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    missing = [k for k in kw if k not in params and not takes_all]
+    if missing:
+        raise TypeError(f"solver {slv.name!r} ({type(slv).__name__}.{method}) does not take "
+                        f"{' or '.join(missing)}; a solver supports conditioning and callbacks "
+                        f"by accepting the keyword arguments cond= and callback=")
+    return kw
 
 
 def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
            solver: str | Solver = "euler_maruyama", nfe: int | None = 100,
            generator: torch.Generator | None = None, x_T: Tensor | None = None, *,
            t_end: float | None = None, grid: str | TimeGrid | Tensor | None = None,
-           denoise: bool = True,
+           denoise: bool = True, cond: Mapping[str, Tensor] | None = None,
+           callback: StepCallback | None = None,
            trajectory: bool = False, progress: bool = False, **options: Any) -> SampleResult:
     r"""Draw samples by solving the reverse SDE or the probability-flow ODE from ``T`` to
     ``t_end``.
@@ -102,7 +145,9 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
       ``**options`` go to its constructor (e.g. ``eta=0.5``).
     - ``nfe``: the total number of network evaluations, the final denoising step included;
       ``None`` for an adaptive solve (solvers with ``adaptive_capable``: ``pf_ode``,
-      ``torchsde``).
+      ``torchsde``, ``ggf``). A model whose one call counts ``model.evals_per_call = c``
+      evaluations (a classifier-free guided model: ``c = 2``) makes ``nfe / c`` calls, so
+      ``nfe`` must be ``c`` times a budget the solver can meet (else `BudgetError`).
     - ``generator``: all randomness (prior draw and solver noise).
     - ``x_T``: starting noise (its dtype and device are kept); drawn from the prior if None.
     - ``t_end``: end time, default ``model.sde.sample_eps`` (with an explicit grid: its last
@@ -118,6 +163,16 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
       otherwise).
     - ``denoise``: finish with Tweedie's step $\hat x_0 = (x + \sigma^2 s)/\alpha$ at
       ``t_end`` (one evaluation, counted in ``nfe``).
+    - ``cond``: conditioning passed to every network call, the final denoising step
+      included: a dict of keyword tensors with batch dimension ``B``, e.g.
+      ``{"y": labels}`` for a class-conditional network ``net(x, t, y=labels)``.
+    - ``callback``: ``callback(i, t, x) -> x or None``, called after each grid step ``i``
+      (``0 <= i < n_steps``, in order) with ``t`` the time reached (a Python float,
+      ``times[i + 1]``) and the state ``x``; a returned tensor (same shape, dtype, device)
+      replaces the state, and the trajectory records it. Not called after the final
+      denoising step. Fixed-grid solvers (and ``pf_ode`` with a fixed ``nfe``) support it;
+      an adaptive solve (``nfe=None``) and ``torchsde`` (its own loop) reject it with a
+      ``ValueError``. Inpainting ([`scoresde.inpaint`][scoresde.inpaint.inpaint]) uses it.
     - ``trajectory``: also return the states on the grid; ``progress``: show a tqdm bar.
 
     **Returns:** a `SampleResult`.
@@ -127,6 +182,11 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
     (naming the step and time); ``ValueError``/``TypeError`` for bad arguments.
     """
     check_model(model)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable as callback(i, t, x), got {type(callback).__name__}")
+    per_call = model.evals_per_call
+    if isinstance(per_call, bool) or not isinstance(per_call, int) or per_call < 1:
+        raise ValueError(f"model.evals_per_call must be a positive integer, got {per_call!r}")
     slv = make_solver(solver, **options)
     sde = model.sde
     explicit = _explicit_grid(grid, sde.T) if isinstance(grid, Tensor) else None
@@ -155,34 +215,40 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
         if shape is not None and tuple(shape) != tuple(x_T.shape):
             raise ValueError(f"shape {tuple(shape)} does not match x_T's shape {tuple(x_T.shape)}")
         check_finite(x_T, "x_T")
+    cond = check_cond(cond, x_T.shape[0])
     start = model.n_evals
     with torch.no_grad():
         if nfe is None:
             if explicit is not None:
                 raise ValueError(f"an explicit grid of {explicit.shape[0] - 1} steps needs the "
-                                 f"budget it costs, nfe={_grid_cost(slv, explicit, denoise)} "
+                                 f"budget it costs, nfe={_grid_cost(slv, explicit, denoise, per_call)} "
                                  f"(nfe=None is an adaptive solve)")
             if not (isinstance(slv, AdaptiveSolver) and slv.adaptive_capable):
                 raise ValueError(f"solver {slv.name!r} needs an NFE budget (nfe=None means an "
                                  f"adaptive solve, which only {adaptive_solvers()} support)")
             if trajectory:
                 raise ValueError("trajectory=True needs a fixed grid (give nfe)")
-            x = slv.solve_adaptive(model, x_T, t_end, generator)
+            if callback is not None:
+                raise ValueError("callback needs a fixed grid (give nfe): an adaptive solve "
+                                 "(nfe=None) chooses its steps as it goes")
+            x = slv.solve_adaptive(model, x_T, t_end, generator,
+                                   **_solve_kwargs(slv, "solve_adaptive", cond, None))
             times = torch.tensor([sde.T, t_end], dtype=torch.float64)
             path = None
         else:
             _check_nfe(nfe, denoise)
             if explicit is not None:
-                cost = _grid_cost(slv, explicit, denoise)
+                cost = _grid_cost(slv, explicit, denoise, per_call)
                 if cost != nfe:
+                    per = f"{per_call} x (" if per_call != 1 else "("
                     raise BudgetError(f"an explicit grid of {explicit.shape[0] - 1} steps costs solver "
-                                      f"{slv.name!r} {cost} evaluations ({slv.cost_formula()}"
+                                      f"{slv.name!r} {cost} evaluations ({per}{slv.cost_formula()}"
                                       f"{' + 1 for the final denoising step' if denoise else ''}), "
                                       f"not nfe={nfe}")
                 times = explicit
                 n_steps = explicit.shape[0] - 1
             else:
-                n_steps = slv.steps_for_nfe(nfe, extra=int(denoise))
+                n_steps = _steps_for_budget(slv, nfe, int(denoise), per_call)
                 if n_steps > MAX_STEPS:
                     raise ValueError(f"nfe={nfe} means {n_steps} steps of {slv.name!r}; at most "
                                      f"{MAX_STEPS} steps are taken (about 200 MB of per-step "
@@ -198,9 +264,9 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
             if times is None:
                 times = get_grid(slv.default_grid if grid is None else grid)(sde, n_steps, t_end)
             x, path = slv.solve(model, x_T, times, generator, trajectory=trajectory,
-                                progress=progress)
+                                progress=progress, **_solve_kwargs(slv, "solve", cond, callback))
         if denoise:
-            x = tweedie_denoise(model, x, t_end)
+            x = tweedie_denoise(model, x, t_end, **cond)
             if not bool(torch.isfinite(x).all()):
                 raise SamplingError(f"the final denoising step at t_end = {t_end:g} produced "
                                     f"NaN/Inf (solver {slv.name!r}, NFE {nfe}); the state "

@@ -42,9 +42,11 @@ METHODS = {
 class _ReverseSDE(torch.nn.Module):
     noise_type = "diagonal"
 
-    def __init__(self, model: ScoreModel, shape: torch.Size, sde_type: str, t_end: float) -> None:
+    def __init__(self, model: ScoreModel, shape: torch.Size, sde_type: str, t_end: float,
+                 cond: dict[str, Tensor] | None = None) -> None:
         super().__init__()
         self.model, self.shape, self.sde_type = model, shape, sde_type
+        self.cond = dict(cond) if cond else {}
         self.watch = NonFiniteWatch()
         self.T, self.t_end = model.sde.T, t_end
         self._memo: list[tuple[Tensor, Tensor]] = []
@@ -61,7 +63,7 @@ class _ReverseSDE(torch.nn.Module):
         if t.dtype != x.dtype:
             t = t.to(x.dtype)
         c = self.model.sde.coefficients(t)
-        score = self.watch(t, self.model.evaluate(x, t, c.alpha, c.sigma, "score"))
+        score = self.watch(t, self.model.evaluate(x, t, c.alpha, c.sigma, "score", **self.cond))
         out = -drift_from_score(x, score, c.f, c.g2).reshape(y.shape)
         self._memo = [(y, out)] + self._memo[:7]
         return out
@@ -95,7 +97,7 @@ class TorchSDE(AdaptiveSolver):
         return f"{self.cost_per_step}n{extra} evaluations for n steps"
 
     def _run(self, model: ScoreModel, x: Tensor, t_end: float, generator: torch.Generator | None,
-             dt: float | None) -> Tensor:
+             dt: float | None, cond: dict[str, Tensor] | None = None) -> Tensor:
         import torchsde  # imported on first use: `import scoresde` stays light
 
         y0 = x.reshape(x.shape[0], -1)
@@ -107,7 +109,7 @@ class TorchSDE(AdaptiveSolver):
             levy_area_approximation="space-time" if self.method == "srk" else "none")
         # times in float64 whatever the state's dtype, so that n steps of dt add up to span
         ts = torch.tensor([0.0, span], dtype=torch.float64, device=y0.device)
-        sde = _ReverseSDE(model, x.shape, self.sde_type, t_end)
+        sde = _ReverseSDE(model, x.shape, self.sde_type, t_end, cond)
         kw = dict(method=self.method, bm=bm)
         if dt is None:
             kw.update(adaptive=True, rtol=self.rtol, atol=self.atol, dt=span / 100,
@@ -147,7 +149,14 @@ class TorchSDE(AdaptiveSolver):
 
     def solve(self, model: ScoreModel, x: Tensor, grid: Tensor,
               generator: torch.Generator | None = None, *, trajectory: bool = False,
-              progress: bool = False) -> tuple[Tensor, Tensor | None]:
+              progress: bool = False, cond: dict[str, Tensor] | None = None,
+              callback: object = None) -> tuple[Tensor, Tensor | None]:
+        """The fixed-step solve (uniform steps); ``cond`` goes to every network call.
+        torchsde owns its loop, so a ``callback`` is a `ValueError`: use a fixed-grid solver
+        (e.g. ``euler_maruyama``, the same method)."""
+        if callback is not None:
+            raise ValueError("the 'torchsde' solver runs its own loop and takes no callback; use a "
+                             "fixed-grid solver such as 'euler_maruyama' (the same Euler method)")
         if float(grid[0]) != model.sde.T:
             raise ValueError(f"the 'torchsde' solver starts at T = {model.sde.T}; a grid starting at "
                              f"t = {float(grid[0])!r} needs a fixed-grid solver or 'pf_ode'")
@@ -160,8 +169,10 @@ class TorchSDE(AdaptiveSolver):
         span = float(grid[0] - grid[-1])
         # a hair above span/n so that rounding never adds an (n+1)-th sliver of a step:
         # torchsde clips the last step to the end time
-        return self._run(model, x, float(grid[-1]), generator, dt=span / n * (1 + 1e-9)), None
+        return self._run(model, x, float(grid[-1]), generator, dt=span / n * (1 + 1e-9),
+                         cond=cond), None
 
     def solve_adaptive(self, model: ScoreModel, x: Tensor, t_end: float,
-                       generator: torch.Generator | None) -> Tensor:
-        return self._run(model, x, t_end, generator, dt=None)
+                       generator: torch.Generator | None, *,
+                       cond: dict[str, Tensor] | None = None) -> Tensor:
+        return self._run(model, x, t_end, generator, dt=None, cond=cond)
