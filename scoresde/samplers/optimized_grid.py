@@ -183,7 +183,8 @@ def optimize_grid(model: ScoreModel, solver: str | Solver, nfe: int,
       (256 in the tests and docs).
     - ``t_end``: the end time (default ``model.sde.sample_eps``).
     - ``init``: the start of the search: ``"best"`` (default: the registered rule in `GRIDS`
-      with the smallest calibration error), a grid name, a `TimeGrid`, or a tensor of times.
+      with the smallest calibration error, each distinct grid tried once), a grid name, a
+      `TimeGrid`, or a tensor of times.
     - ``reference_tol``: rtol = atol of the reference dopri5 solve.
     - ``max_evals``: objective evaluations allowed to the search (default ``40 (n - 1)`` for
       ``n`` steps, at least 100).
@@ -243,7 +244,11 @@ def optimize_grid(model: ScoreModel, solver: str | Solver, nfe: int,
         return grid_error(model, slv, nfe, x_T, ref, times, denoise=denoise)
 
     if isinstance(init, str) and init == "best":
-        cands = {name: get_grid(name)(sde, n, t_end) for name in GRIDS}
+        cands: dict[str, Tensor] = {}
+        for name in GRIDS:   # each distinct grid once (polyexponential's default is logsnr)
+            g = get_grid(name)(sde, n, t_end)
+            if not any(torch.allclose(g, h, rtol=1e-12, atol=0.0) for h in cands.values()):
+                cands[name] = g
         errs = {name: error(g) for name, g in cands.items()}
         init_label = min(errs, key=lambda k: errs[k])
         g0, init_error = cands[init_label], errs[init_label]
