@@ -76,19 +76,21 @@ def write_section(path: Path, name: str, body: str) -> None:
     path.write_text(text)
 
 
-def measure(target: str, n: int, seed: int) -> dict:
-    """errors[(label, grid)][K] = (error, nfe used) on one target."""
-    sde = sd.VPSDE()
+def measure(target: str, n: int, seed: int, sde: sd.SDE | None = None, cases: list | None = None,
+            budgets: tuple[int, ...] = BUDGETS, grids: list | None = None) -> dict:
+    """errors[(label, grid)][K] = (error, nfe used) on one target (VP-SDE unless ``sde``
+    is given; ``cases``, ``budgets`` and ``grids`` default to this table's)."""
+    sde = sd.VPSDE() if sde is None else sde
     model = builtin_target(target, sde).model
     dim = builtin_target(target, sde).exact.dim
     x_T = sde.prior_sample((n, dim), torch.Generator().manual_seed(seed), dtype=torch.float64)
     ref = sd.sample(model, solver="pf_ode", nfe=None, x_T=x_T, rtol=1e-10, atol=1e-10).x
     out: dict = {}
-    for label, name, opts in CASES:
+    for label, name, opts in CASES if cases is None else cases:
         solver = make_solver(name, **opts)
-        for gname, grid in GRID_CASES:
+        for gname, grid in GRID_CASES if grids is None else grids:
             row = out.setdefault((label, gname), {})
-            for k in BUDGETS:
+            for k in budgets:
                 ok = solver.reachable(k, extra=1)
                 if not ok:
                     continue

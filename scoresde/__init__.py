@@ -34,6 +34,7 @@ from .samplers import (
     BudgetError,
     SampleResult,
     SamplingError,
+    optimize_grid,
     register_solver,
     sample,
 )
@@ -72,7 +73,7 @@ __all__ = [
     "DiscreteSchedule", "ScoreModel", "dsm_loss", "ddpm_loss", "Trainer",
     "NETS", "register_net", "save_checkpoint", "load_checkpoint", "load_model",
     "metrics", "samplers", "sample", "SampleResult", "SOLVERS", "GRIDS", "register_solver",
-    "BudgetError", "SamplingError", "compare",
+    "BudgetError", "SamplingError", "compare", "optimize_grid",
     "log_likelihood", "LikelihoodResult", "pf_ode_encode", "pf_ode_decode", "FlowResult",
     "variational_bound", "BoundResult", "bits_per_dim", "uniform_dequantize",
     "dequantized_bits_per_dim", "BPDResult", "image_bits_per_dim", "level_centers", "quantize",

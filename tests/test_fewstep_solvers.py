@@ -25,7 +25,7 @@ from oracle import ExactStatistics, fit_slope, gen, make_sde, random_gm
 
 import scoresde as sd
 from scoresde.analytic import GaussianMixture
-from scoresde.samplers import BudgetError, get_grid, make_solver
+from scoresde.samplers import BudgetError, get_grid, grid_label, make_solver
 from scoresde.samplers.deis import tab_coefficients
 
 F64 = torch.float64
@@ -430,7 +430,7 @@ def test_dpm_solver_sde_with_eta_zero_is_the_ode_solver(sde_name):
     model, x_T = _transcription_problem(sde_name)
     run = functools.partial(sd.sample, model, x_T=x_T, denoise=False, nfe=9)
     for grid in ("logsnr", "quadratic"):
-        # (2M) SDE, eta = 0: dpm_solver; on the default grid too (both logsnr)
+        # (2M) SDE, eta = 0: dpm_solver; on the default grid too (the same PerSDEGrid)
         a = run(solver="dpm_solver_sde", eta=0.0, grid=grid, trajectory=True)
         b = run(solver="dpm_solver", grid=grid, trajectory=True)
         _assert_equal(a.trajectory, b.trajectory)
@@ -460,16 +460,19 @@ def test_dpm_solver_sde_first_step_is_ancestral(sde_name, solver_order):
 
 def test_dpm_solver_3m_starts_like_dpm_solver_and_dpm_solver_is_unchanged():
     """DPM-Solver++(3M)'s first two steps are DPM-Solver++(2M)'s; and `dpm_solver` itself keeps
-    its name, class, options, order and grid."""
+    its name, class, options and order (its default grid is the measured one per SDE:
+    quadratic on VP, logsnr on VE, experiments/default_grids.py)."""
     model, x_T = _transcription_problem("vp")
     a = sd.sample(model, solver="dpm_solver_3m", nfe=6, x_T=x_T, denoise=False, grid="logsnr",
                   trajectory=True)
-    b = sd.sample(model, solver="dpm_solver", nfe=6, x_T=x_T, denoise=False, trajectory=True)
+    b = sd.sample(model, solver="dpm_solver", nfe=6, x_T=x_T, denoise=False, grid="logsnr",
+                  trajectory=True)
     _assert_equal(a.trajectory[:3], b.trajectory[:3])
     assert float((a.x - b.x).abs().max()) > 1e-6
     cls = sd.SOLVERS["dpm_solver"]
     assert cls is sd.samplers.DPMSolverPP2M and cls.options() == [] and cls.order == 2
-    assert cls.default_grid == "logsnr"
+    assert grid_label(cls.default_grid, sd.VPSDE()) == "quadratic"
+    assert grid_label(cls.default_grid, sd.VESDE()) == "logsnr"
 
 
 @functools.cache
@@ -562,18 +565,21 @@ def test_bad_options(name, opts, err, match):
 def test_declarations():
     """Declared orders, stochasticity and default grids of the new solvers."""
     want = {
-        ("unipc", ()): (3.0, False, "quadratic"),
-        ("unipc", (("solver_order", 3),)): (4.0, False, "quadratic"),
-        ("dpm_solver_3m", ()): (2.0, False, "quadratic"),
-        ("dpm_solver_3m", (("second_difference", "taylor"),)): (3.0, False, "quadratic"),
-        ("dpm_solver_sde", ()): (1.0, True, "logsnr"),
-        ("dpm_solver_sde", (("eta", 0.0), ("solver_order", 3))): (3.0, False, "logsnr"),
-        ("dpm_solver_singlestep", ()): (3.0, False, "quadratic"),
-        ("deis", ()): (3.0, False, "quadratic"), ("ipndm", ()): (2.0, False, "quadratic"),
+        ("unipc", ()): (3.0, False, "quadratic, uniform"),
+        ("unipc", (("solver_order", 3),)): (4.0, False, "quadratic, uniform"),
+        ("dpm_solver_3m", ()): (2.0, False, "quadratic, logsnr"),
+        ("dpm_solver_3m", (("second_difference", "taylor"),)): (3.0, False, "quadratic, logsnr"),
+        ("dpm_solver_sde", ()): (1.0, True, "quadratic, logsnr"),
+        ("dpm_solver_sde", (("eta", 0.0), ("solver_order", 3))): (3.0, False, "quadratic, logsnr"),
+        ("dpm_solver_singlestep", ()): (3.0, False, "quadratic, karras"),
+        ("deis", ()): (3.0, False, "quadratic, karras"), ("ipndm", ()): (2.0, False, "quadratic, uniform"),
     }
-    for (name, opts), (order, stochastic, grid) in want.items():
+    for (name, opts), (order, stochastic, grids) in want.items():
         s = make_solver(name, **dict(opts))
-        assert (s.order, s.stochastic, s.default_grid) == (order, stochastic, grid), (name, opts)
+        grid = ", ".join(grid_label(s.default_grid, sde) for sde in (sd.VPSDE(), sd.VESDE()))
+        assert (s.order, s.stochastic, grid) == (order, stochastic, grids), (name, opts)
+    # dpm_solver_sde takes dpm_solver's default, so that eta = 0 reproduces it
+    assert make_solver("dpm_solver_sde").default_grid is make_solver("dpm_solver").default_grid
     assert "UniPC(solver_order=2, variant='bh2', prediction='x0', lower_order_final=True)" == repr(
         make_solver("unipc"))
 

@@ -29,6 +29,7 @@ from scoresde.samplers import (
     SamplingError,
     Solver,
     get_grid,
+    grid_label,
     make_solver,
     register_solver,
     tweedie_denoise,
@@ -823,14 +824,18 @@ def test_tweedie_denoise_is_tweedies_formula():
     torch.testing.assert_close(tweedie_denoise(point, x, 0.2), torch.tensor(MU, dtype=F64).expand(10, 2))
 
 
-@pytest.mark.parametrize("name, grid", [("heun", "uniform"), ("dpm_solver", "logsnr"),
-                                        ("ddim", "uniform"), ("euler_maruyama", "uniform")])
-def test_default_grid_is_the_solvers_own(name, grid):
-    gm, model = _small_problem()
+# the measured defaults (experiments/default_grids.py, docs/results.md): per solver and SDE
+@pytest.mark.parametrize("sde_name, name, grid", [
+    ("vp", "heun", "quadratic"), ("ve", "heun", "karras"), ("subvp", "heun", "uniform"),
+    ("vp", "dpm_solver", "quadratic"), ("ve", "dpm_solver", "logsnr"),
+    ("vp", "ddim", "quadratic"), ("ve", "ddim", "uniform"), ("vp_cosine", "ddim", "quadratic"),
+    ("vp", "euler_maruyama", "uniform"), ("ve", "euler_maruyama", "uniform")])
+def test_default_grid_is_the_solvers_own(sde_name, name, grid):
+    gm, model = _small_problem(sde_name)
     solver = make_solver(name)
-    assert solver.default_grid == grid
+    assert grid_label(solver.default_grid, model.sde) == grid
     nfe = _budget(solver, 6)
     a = sd.sample(model, (8, 2), solver=name, nfe=nfe, generator=gen(1))
     b = sd.sample(model, (8, 2), solver=name, nfe=nfe, generator=gen(1), grid=grid)
     assert torch.equal(a.x, b.x) and torch.equal(a.times, b.times)
-    assert make_solver("pc", predictor=name).default_grid == grid
+    assert grid_label(make_solver("pc", predictor=name).default_grid, model.sde) == grid

@@ -93,7 +93,8 @@ def test_every_registry_is_reachable_from_the_namespace():
     assert {"uniform", "logsnr"} <= set(sd.GRIDS)
     table = {r["name"]: r for r in sd.samplers.solver_table()}
     assert table["pf_ode"]["adaptive"] and not table["ddim"]["adaptive"]
-    assert table["dpm_solver"]["default_grid"] == "logsnr"
+    assert table["dpm_solver"]["default_grid"] == sd.SOLVERS["dpm_solver"].default_grid.label
+    assert table["euler_maruyama"]["default_grid"] == "uniform"
     assert table["heun"]["cost"] == "2n - 1 evaluations for n steps"
     assert sd.samplers.adaptive_solvers() == ["ggf", "pf_ode", "torchsde"]
 

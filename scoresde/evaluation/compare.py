@@ -70,7 +70,7 @@ from tqdm import tqdm
 
 from ..analytic import GaussianMixture
 from ..files import atomic_folder, check_output_folder
-from ..samplers import GRIDS, BudgetError, SamplingError, sample
+from ..samplers import GRIDS, BudgetError, SamplingError, grid_label, sample
 from ..validation import check_int, check_real
 from .metrics import METRICS, kernel_stein_discrepancy, mean_cov_errors, noise_floor
 from .report import versions, write_csv, write_json, write_report
@@ -658,7 +658,8 @@ def _run(target: Target, specs: list[SolverSpec], budgets: list[int], out: Path 
             row: dict[str, Any] = {
                 "solver": spec.label, "name": spec.name, "options": json.dumps(spec.options),
                 "base": dataclasses.replace(spec, grid=None).label, "grid": spec.grid,
-                "grid_used": "adaptive" if spec.adaptive else (spec.grid or slv.default_grid),
+                "grid_used": "adaptive" if spec.adaptive else (
+                    spec.grid or grid_label(slv.default_grid, sde)),
                 "adaptive": spec.adaptive, "budget": budget, "stochastic": bool(slv.stochastic)}
             nfe, why = _nfe_for(spec, budget, budget_mode, model.evals_per_call)
             bar.set_postfix_str(f"{spec.label} nfe={nfe}")

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from ..models import ScoreModel
-from ..samplers import sample
+from ..samplers import get_grid, grid_label, sample
+from ..sdes import sde_from_config
 from ..version import __version__
 from .metrics import METRICS
 from .specs import SolverSpec
@@ -78,11 +79,19 @@ def trajectory_specs(specs: Sequence[SolverSpec], which: bool | Sequence[str] = 
     return out[:4]
 
 
-def _default_grids(specs: Sequence[SolverSpec]) -> str:
+def _default_grids(specs: Sequence[SolverSpec], sde_cfg: dict[str, Any]) -> str:
+    """The default grid of each solver without a ``grid=``, on the comparison's SDE (a
+    per-SDE default named by its full rule when the SDE cannot be rebuilt)."""
+    try:
+        sde = sde_from_config(sde_cfg)
+    except (ValueError, TypeError):
+        sde = None
     grids: dict[str, list[str]] = {}
     for s in specs:
         if s.grid is None:
-            grids.setdefault(s.make().default_grid, []).append(s.name)
+            dg = s.make().default_grid
+            grids.setdefault(get_grid(dg).label if sde is None else grid_label(dg, sde),
+                             []).append(s.name)
     return "; ".join(f"{g}: {', '.join(dict.fromkeys(names))}" for g, names in grids.items())
 
 
@@ -115,7 +124,8 @@ def _design(cfg: dict[str, Any], specs: Sequence[SolverSpec]) -> list[str]:
              f"- budgets: {mode}",
              "- time grids: " + (f"each solver on each of {', '.join(cfg['grids'])}"
                                  if cfg.get("grids") else "each solver on its own default "
-                                 f"grid unless its label names one ({_default_grids(specs)})"),
+                                 "grid unless its label names one "
+                                 f"({_default_grids(specs, cfg['sde'])})"),
              f"- noise floors: {cfg.get('floor_repeats', '?')} pairs of independent exact sets "
              "of size n"]
     if ref and "failed" in ref:

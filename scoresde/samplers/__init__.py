@@ -40,15 +40,19 @@ from .grids import (
     GRIDS,
     KarrasGrid,
     LogSNRGrid,
+    PerSDEGrid,
     PolyExponentialGrid,
     QuadraticGrid,
     TimeGrid,
     UniformGrid,
     get_grid,
+    grid_label,
     register_grid,
+    sde_names,
 )
 from .heun import Heun
 from .ipndm import IPNDM
+from .optimized_grid import OptimizedGrid, grid_error, optimize_grid
 from .pc import PredictorCorrector
 from .pf_ode import ProbabilityFlowODE
 from .registry import SOLVERS, adaptive_solvers, make_solver, register_solver, solver_table
@@ -63,5 +67,5 @@ __all__ = [
     "KarrasGrid", "get_grid", "EulerMaruyama", "Ancestral", "DDIM", "ProbabilityFlowODE",
     "Heun", "PredictorCorrector", "TorchSDE", "DPMSolverPP2M",
     "PolyExponentialGrid", "DPMSolverPP3M", "DPMSolverPPSDE", "UniPC", "DPMSolverSinglestep", "DEIS", "IPNDM",
-    "GottaGoFast",
+    "GottaGoFast", "PerSDEGrid", "grid_label", "sde_names", "OptimizedGrid", "optimize_grid", "grid_error",
 ]

@@ -32,6 +32,7 @@ import torch
 from ..sdes import SDE
 from ..validation import check_int
 from .base import FixedGridSolver, StepContext
+from .grids import PerSDEGrid
 from .registry import register_solver
 
 #: Gauss-Legendre nodes per piece, and the widest piece in log-SNR
@@ -89,9 +90,10 @@ class DEIS(FixedGridSolver):
     """tAB-DEIS of order ``solver_order`` (1-3, default 3); 1 evaluation per step."""
 
     order = 3.0               # the default instance's; each instance sets its own
-    # quadratic: most often its best grid at 10-20 evaluations on the two VP targets of the
-    # few-step table (docs/solvers.md, experiments/fewstep_table.py)
-    default_grid = "quadratic"
+    #: the rule per SDE that measured best at 10-20 evaluations on exact targets
+    #: (experiments/default_grids.py, docs/results.md)
+    default_grid = PerSDEGrid({"vp": "quadratic", "subvp": "uniform", "ve": "karras"},
+                              fallback="quadratic")
 
     def __init__(self, solver_order: int = 3) -> None:
         self.solver_order = check_int("solver_order", solver_order, 1)

@@ -20,6 +20,7 @@ import math
 import torch
 
 from .base import FixedGridSolver, StepContext
+from .grids import PerSDEGrid
 from .registry import register_solver
 
 
@@ -28,7 +29,10 @@ class DPMSolverPP2M(FixedGridSolver):
     """DPM-Solver++(2M); 1 evaluation per step, order 2 (multistep)."""
 
     order = 2.0
-    default_grid = "logsnr"  # the spacing DPM-Solver is designed for (Lu et al. 2022)
+    #: the rule per SDE that measured best at 10-20 evaluations on exact targets
+    #: (experiments/default_grids.py, docs/results.md)
+    default_grid = PerSDEGrid({"vp": "quadratic", "subvp": "quadratic", "ve": "logsnr"},
+                              fallback="quadratic")
 
     def __init__(self) -> None:
         pass

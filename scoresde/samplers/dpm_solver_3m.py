@@ -54,6 +54,7 @@ import torch
 
 from ..validation import check_choice
 from .base import FixedGridSolver, StepContext
+from .grids import PerSDEGrid
 from .registry import register_solver
 
 
@@ -69,9 +70,10 @@ class DPMSolverPP3M(FixedGridSolver):
     10-50 evaluations on both targets of docs/solvers.md, although of lower order."""
 
     order = 2.0               # the default instance's; each instance sets its own
-    # quadratic: most often its best grid at 10-20 evaluations on the two VP targets of the
-    # few-step table (docs/solvers.md, experiments/fewstep_table.py)
-    default_grid = "quadratic"
+    #: the rule per SDE that measured best at 10-20 evaluations on exact targets
+    #: (experiments/default_grids.py, docs/results.md)
+    default_grid = PerSDEGrid({"vp": "quadratic", "subvp": "logsnr", "ve": "logsnr"},
+                              fallback="quadratic")
 
     def __init__(self, second_difference: str = "published", lower_order_final: bool = True) -> None:
         self.second_difference = check_choice("second_difference", second_difference,

@@ -40,6 +40,7 @@ import torch
 
 from ..validation import check_choice, check_int, check_real
 from .base import FixedGridSolver, StepContext
+from .dpm_solver import DPMSolverPP2M
 from .registry import register_solver
 
 
@@ -56,7 +57,8 @@ class DPMSolverPPSDE(FixedGridSolver):
 
     order = 1.0               # the default instance's (eta=1); each instance sets its own
     stochastic = True
-    default_grid = "logsnr"   # dpm_solver's, so that eta=0 reproduces it with default arguments
+    #: dpm_solver's, so that eta=0 reproduces it with default arguments
+    default_grid = DPMSolverPP2M.default_grid
 
     def __init__(self, solver_order: int = 2, eta: float = 1.0, s_noise: float = 1.0,
                  solver_type: str | None = None) -> None:

@@ -35,6 +35,7 @@ import torch
 
 from ..validation import check_int
 from .base import FixedGridSolver, StepContext
+from .grids import PerSDEGrid
 from .registry import register_solver
 
 #: the intermediate points r_k of DPM-Solver-2 and -3 (Lu et al. 2022, Algorithms 1-2)
@@ -50,9 +51,10 @@ class DPMSolverSinglestep(FixedGridSolver):
 
     order = 3.0               # the default instance's; each instance sets its own
     cost_per_step = 3
-    # quadratic: most often its best grid at 10-20 evaluations on the two VP targets of the
-    # few-step table (docs/solvers.md, experiments/fewstep_table.py)
-    default_grid = "quadratic"
+    #: the rule per SDE that measured best at 10-20 evaluations on exact targets
+    #: (experiments/default_grids.py, docs/results.md)
+    default_grid = PerSDEGrid({"vp": "quadratic", "subvp": "quadratic", "ve": "karras"},
+                              fallback="quadratic")
 
     def __init__(self, solver_order: int = 3) -> None:
         self.solver_order = check_int("solver_order", solver_order, 2)

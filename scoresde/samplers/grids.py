@@ -15,6 +15,12 @@ A grid is a decreasing float64 tensor of ``n_steps + 1`` times from $T$ down to 
   $\log\tilde\sigma_i = \log\tilde\sigma_{min} + (1 - \tfrac{i}{n})^\rho\,
   (\log\tilde\sigma_{max} - \log\tilde\sigma_{min})$; $\rho = 1$ is `LogSNRGrid`.
 
+- `PerSDEGrid`: one of the rules above chosen by the SDE (a solver's `default_grid` may be
+  one: the best rule for that solver on each SDE, chosen by measurement).
+
+An optimised grid (`scoresde.samplers.optimize_grid`, Align-Your-Steps-like) is a
+`TimeGrid` too.
+
 DPM-Solver's ``skip_type`` options ``"time_uniform"``, ``"time_quadratic"`` and ``"logSNR"``
 (Lu et al. 2022) are `UniformGrid`, `QuadraticGrid` and `LogSNRGrid`; k-diffusion's
 ``get_sigmas_karras`` and ``get_sigmas_exponential`` are `KarrasGrid` and `LogSNRGrid`.
@@ -24,16 +30,18 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 
 import torch
 
-from ..sdes import SDE
+from ..sdes import SDE, SDES
 from ..validation import check_int
 
 Tensor = torch.Tensor
 
 __all__ = ["TimeGrid", "UniformGrid", "QuadraticGrid", "LogSNRGrid", "KarrasGrid",
-           "PolyExponentialGrid", "GRIDS", "register_grid", "get_grid"]
+           "PolyExponentialGrid", "PerSDEGrid", "GRIDS", "register_grid", "get_grid", "grid_label",
+           "sde_names"]
 
 
 class TimeGrid(ABC):
@@ -56,6 +64,16 @@ class TimeGrid(ABC):
 
     @abstractmethod
     def _grid(self, sde: SDE, n: int, t_end: float) -> Tensor: ...
+
+    def for_sde(self, sde: SDE) -> TimeGrid:
+        """The rule this grid uses on ``sde``: itself, except for a `PerSDEGrid`."""
+        return self
+
+    @property
+    def label(self) -> str:
+        """A short name for tables and reports: the registered name, with the parameters that
+        differ from the default (e.g. ``"polyexponential(rho=2)"``)."""
+        return self.name or type(self).__name__
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -109,6 +127,10 @@ class KarrasGrid(TimeGrid):
         s = (s_max ** r + i * (s_min ** r - s_max ** r)) ** self.rho
         return sde.log_snr_inverse(-2.0 * torch.log(s))
 
+    @property
+    def label(self) -> str:
+        return self.name if self.rho == 7.0 else f"{self.name}(rho={self.rho:g})"
+
     def __repr__(self) -> str:
         return f"KarrasGrid(rho={self.rho})"
 
@@ -132,8 +154,71 @@ class PolyExponentialGrid(TimeGrid):
         ramp = torch.linspace(1.0, 0.0, n + 1, dtype=torch.float64) ** self.rho
         return sde.log_snr_inverse(lam[1] + ramp * (lam[0] - lam[1]))   # lambda = -2 log(sigma~)
 
+    @property
+    def label(self) -> str:
+        return self.name if self.rho == 1.0 else f"{self.name}(rho={self.rho:g})"
+
     def __repr__(self) -> str:
         return f"PolyExponentialGrid(rho={self.rho})"
+
+
+def sde_names(sde: SDE) -> list[str]:
+    """The registry names (`SDES`) of ``sde``'s class and of its registered base classes,
+    nearest first: ``["vp_cosine", "vp"]`` for `VPSDE.cosine()`, ``[]`` for an SDE whose
+    class and bases are all unregistered."""
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be an SDE, got {type(sde).__name__}")
+    return [name for cls in type(sde).__mro__ for name, c in SDES.items() if c is cls]
+
+
+class PerSDEGrid(TimeGrid):
+    """A grid rule chosen by the SDE: ``rules`` maps SDE registry names (`SDES`: ``"vp"``,
+    ``"subvp"``, ``"ve"``, ...) to grids (names in `GRIDS` or `TimeGrid` instances); an SDE
+    whose class is not listed uses the rule of its nearest listed registered base class
+    (`sde_names`: a cosine VP-SDE uses ``"vp"``'s), else ``fallback``.
+
+    Solvers declare their measured per-SDE defaults with it, e.g.
+    ``default_grid = PerSDEGrid({"ve": "karras"}, fallback="quadratic")``.
+    """
+
+    name = "per_sde"
+
+    def __init__(self, rules: Mapping[str, str | TimeGrid], fallback: str | TimeGrid) -> None:
+        if not isinstance(rules, Mapping):
+            raise TypeError(f"rules must be a mapping of SDE names to grids, got {type(rules).__name__}")
+        self.rules: dict[str, TimeGrid] = {}
+        for key, grid in rules.items():
+            if not isinstance(key, str):
+                raise TypeError(f"a rule's key must be an SDE registry name, got {key!r}")
+            if key not in SDES:
+                raise ValueError(f"unknown SDE {key!r} in a PerSDEGrid; registered: {sorted(SDES)}")
+            self.rules[key] = self._rule(grid)
+        self.fallback = self._rule(fallback)
+
+    @staticmethod
+    def _rule(grid: str | TimeGrid) -> TimeGrid:
+        g = get_grid(grid)
+        if isinstance(g, PerSDEGrid):
+            raise TypeError("a PerSDEGrid's rules must be plain grids, not another PerSDEGrid")
+        return g
+
+    def for_sde(self, sde: SDE) -> TimeGrid:
+        return next((self.rules[n] for n in sde_names(sde) if n in self.rules), self.fallback)
+
+    def __call__(self, sde: SDE, n_steps: int, t_end: float) -> Tensor:
+        return self.for_sde(sde)(sde, n_steps, t_end)
+
+    def _grid(self, sde: SDE, n: int, t_end: float) -> Tensor:
+        return self.for_sde(sde)._grid(sde, n, t_end)
+
+    @property
+    def label(self) -> str:
+        parts = [f"{k}: {g.label}" for k, g in self.rules.items()]
+        return ", ".join([*parts, f"otherwise {self.fallback.label}"])
+
+    def __repr__(self) -> str:
+        rules = ", ".join(f"{k!r}: {g!r}" for k, g in self.rules.items())
+        return f"PerSDEGrid({{{rules}}}, fallback={self.fallback!r})"
 
 
 GRIDS: dict[str, type[TimeGrid]] = {
@@ -162,3 +247,9 @@ def get_grid(grid: str | TimeGrid) -> TimeGrid:
     if isinstance(grid, str) and grid in GRIDS:
         return GRIDS[grid]()
     raise ValueError(f"unknown time grid {grid!r}; known: {sorted(GRIDS)} or a TimeGrid instance")
+
+
+def grid_label(grid: str | TimeGrid, sde: SDE) -> str:
+    """The label of the rule ``grid`` uses on ``sde`` (a `PerSDEGrid` resolved to its rule for
+    that SDE): what the comparison records as the grid it used."""
+    return get_grid(grid).for_sde(sde).label

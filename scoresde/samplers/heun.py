@@ -28,6 +28,7 @@ import torch
 
 from ..validation import check_real
 from .base import FixedGridSolver, StepContext
+from .grids import PerSDEGrid
 from .registry import register_solver
 
 
@@ -36,8 +37,10 @@ class Heun(FixedGridSolver):
     """EDM Heun on the PF-ODE; 2n - 1 evaluations for n steps, order 2."""
 
     order = 2.0
-    # uniform, not EDM's Karras spacing: on our exact VP targets (t_end = 1e-3) the Karras
-    # grid was measured 2-6x worse at 10-20 evaluations (docs/solvers.md, docs/results.md)
+    #: the rule per SDE that measured best at 10-20 evaluations on exact targets
+    #: (experiments/default_grids.py, docs/results.md)
+    default_grid = PerSDEGrid({"vp": "quadratic", "subvp": "uniform", "ve": "karras"},
+                              fallback="quadratic")
 
     def __init__(self, churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),
                  s_noise: float = 1.0) -> None:

@@ -32,6 +32,7 @@ import torch
 
 from ..validation import check_int
 from .base import FixedGridSolver, StepContext
+from .grids import PerSDEGrid
 from .registry import register_solver
 
 #: Adams-Bashforth weights for equal steps, newest evaluation first
@@ -45,9 +46,10 @@ class IPNDM(FixedGridSolver):
     per step."""
 
     order = 2.0
-    # quadratic: most often its best grid at 10-20 evaluations on the two VP targets of the
-    # few-step table (docs/solvers.md, experiments/fewstep_table.py)
-    default_grid = "quadratic"
+    #: the rule per SDE that measured best at 10-20 evaluations on exact targets
+    #: (experiments/default_grids.py, docs/results.md)
+    default_grid = PerSDEGrid({"vp": "quadratic", "subvp": "quadratic", "ve": "uniform"},
+                              fallback="quadratic")
 
     def __init__(self, solver_order: int = 4) -> None:
         self.solver_order = check_int("solver_order", solver_order, 1)

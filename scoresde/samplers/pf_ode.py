@@ -27,6 +27,7 @@ from .base import (
     apply_callback,
     nan_at_step,
 )
+from .grids import PerSDEGrid
 from .registry import register_solver
 
 Tensor = torch.Tensor
@@ -42,6 +43,10 @@ class ProbabilityFlowODE(AdaptiveSolver):
     """The PF-ODE with a torchdiffeq method: fixed grid (``nfe=K``) or adaptive (``nfe=None``)."""
 
     comparison_specs = ({"method": "rk4"}, {"adaptive": True})
+    #: the rule per SDE that measured best at 10-20 evaluations on exact targets
+    #: (experiments/default_grids.py, docs/results.md)
+    default_grid = PerSDEGrid({"vp": "quadratic", "subvp": "quadratic", "ve": "karras"},
+                              fallback="quadratic")
 
     def __init__(self, method: str | None = None, rtol: float = 1e-5, atol: float = 1e-5,
                  max_num_steps: int | None = None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from .base import Solver
+from .grids import get_grid
 
 __all__ = ["SOLVERS", "register_solver", "make_solver", "adaptive_solvers", "solver_table"]
 
@@ -61,7 +62,8 @@ def adaptive_solvers() -> list[str]:
 
 def solver_table() -> list[dict[str, Any]]:
     """One dict per registered solver with default options: name, class, order,
-    stochastic, cost formula, adaptive capability and default grid (for docs and CLIs)."""
+    stochastic, cost formula, adaptive capability and default grid (for docs and CLIs; its
+    label, e.g. ``"quadratic"``, or each SDE's rule for a `PerSDEGrid`)."""
     rows = []
     for name, cls in SOLVERS.items():
         try:
@@ -73,5 +75,5 @@ def solver_table() -> list[dict[str, Any]]:
                      "stochastic": getattr(s, "stochastic", cls.stochastic),
                      "cost": s.cost_formula() if s is not None else "",
                      "adaptive": cls.adaptive_capable,
-                     "default_grid": getattr(s, "default_grid", cls.default_grid)})
+                     "default_grid": get_grid(getattr(s, "default_grid", cls.default_grid)).label})
     return rows

@@ -52,6 +52,7 @@ import torch
 
 from ..validation import check_choice, check_int
 from .base import FixedGridSolver, StepContext
+from .grids import PerSDEGrid
 from .registry import register_solver
 
 
@@ -95,9 +96,10 @@ class UniPC(FixedGridSolver):
     the 2-D target but 1.5-1.9x worse at 5-10 on the 5-D one and at 5 on both."""
 
     order = 3.0               # the default instance's (solver_order=2); each instance sets its own
-    # quadratic: most often its best grid at 10-20 evaluations on the two VP targets of the
-    # few-step table (docs/solvers.md, experiments/fewstep_table.py)
-    default_grid = "quadratic"
+    #: the rule per SDE that measured best at 10-20 evaluations on exact targets
+    #: (experiments/default_grids.py, docs/results.md)
+    default_grid = PerSDEGrid({"vp": "quadratic", "subvp": "quadratic", "ve": "uniform"},
+                              fallback="quadratic")
 
     def __init__(self, solver_order: int = 2, variant: str = "bh2", prediction: str = "x0",
                  lower_order_final: bool = True) -> None:
