@@ -9,7 +9,8 @@ A solver declares
 - its cost: `nfe_for_steps(n)`, the number of network evaluations for ``n`` steps
   (``cost_per_step * n`` unless the solver says otherwise, e.g. Heun's ``2n - 1``), and
   `cost_formula()`, the same in words for messages and tables;
-- `adaptive_capable` (it can run with ``nfe=None``) and `default_grid` (a name in `GRIDS`).
+- `adaptive_capable` (it can run with ``nfe=None``) and `default_grid` (a name in `GRIDS`
+  or a `TimeGrid`, e.g. a `PerSDEGrid`).
 
 The registry (`SOLVERS`) holds the classes, so the comparison, the CLI and the docs read these
 declarations from it instead of keeping lists of solver names.
@@ -28,7 +29,7 @@ with torch.no_grad():
     x = x_T
     for i in range(len(grid) - 1):
         x = solver.step(ctx, x, i)
-    x0 = sd.dynamics.tweedie_denoise(model, x, 1e-3)   # = sd.sample(..., nfe=50).x
+    x0 = sd.dynamics.tweedie_denoise(model, x, 1e-3)   # = sd.sample(..., nfe=50, grid="uniform").x
 ```
 """
 
@@ -39,12 +40,15 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from tqdm import tqdm
 
 from ..models import ScoreModel
+
+if TYPE_CHECKING:
+    from .grids import TimeGrid
 
 Tensor = torch.Tensor
 
@@ -146,7 +150,7 @@ class Solver(ABC):
     #: solvers that can run without an NFE budget (adaptive step size)
     adaptive_capable: ClassVar[bool] = False
     #: the time grid `sample` uses when the caller names none (a name in `GRIDS`)
-    default_grid: ClassVar[str] = "uniform"
+    default_grid: ClassVar[str | TimeGrid] = "uniform"
     #: option sets the comparison runs by default (`scoresde.evaluation.specs.default_solvers`);
     #: each a dict of constructor options, plus ``"grid"`` or ``"adaptive": True``
     comparison_specs: ClassVar[tuple[dict[str, Any], ...]] = ()

@@ -157,10 +157,10 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
       strictly decreasing times in ``(0, T]`` (used as float64): its first entry may be below
       ``T`` -- sampling then starts there, from ``x_T`` (drawn from the prior if not given), as
       SDEdit and diffusers' "leading" spacing do; its ``len(grid) - 1`` steps must cost exactly
-      ``nfe`` (else `BudgetError`). Default: the solver's `default_grid` (``"logsnr"`` for
-      ``dpm_solver`` and ``dpm_solver_sde``, ``"quadratic"`` for ``unipc``,
-      ``dpm_solver_3m``, ``dpm_solver_singlestep``, ``deis``, ``ipndm``, ``"uniform"``
-      otherwise).
+      ``nfe`` (else `BudgetError`). Default: the solver's `default_grid`: for the
+      deterministic solvers the rule measured best for that solver on the model's SDE (a
+      `PerSDEGrid`; docs/solvers.md, "Default grid per solver and SDE"), ``"uniform"`` for
+      ``euler_maruyama``, ``ancestral`` and ``ggf``.
     - ``denoise``: finish with Tweedie's step $\hat x_0 = (x + \sigma^2 s)/\alpha$ at
       ``t_end`` (one evaluation, counted in ``nfe``).
     - ``cond``: conditioning passed to every network call, the final denoising step
