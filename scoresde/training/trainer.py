@@ -747,20 +747,38 @@ class Trainer:
 
     def _sharded_step(self, kind: str, source: Any, sharded: bool, device: torch.device,
                       interrupt: _DeferredInterrupt) -> tuple[float, int, bool]:
-        """One step over several processes and/or micro-batches: forward (and backward of all
-        but the last micro-batch), one all-reduce telling every rank the global loss, whether
-        any rank failed or was interrupted, then the last backward (DDP's gradient
-        all-reduce). **Returns:** `(global mean loss, global batch rows, interrupted)`."""
+        """One step over several processes and/or micro-batches, with two agreements (one
+        small all-reduce each): after the batch and the draws, before any forward pass (DDP's
+        forward may itself communicate, which a rank that failed would never join), and after
+        the forward passes, before the last backward pass (DDP's gradient all-reduce); the
+        second also sums the loss over the ranks. Micro-batches but the last are
+        back-propagated without synchronisation. **Returns:** `(global mean loss, rows of the
+        global batch, interrupted)`."""
         w, k = self.world_size, self.accumulate
         self.optimizer.zero_grad(set_to_none=True)
+        what = f"at step {self.step}"
 
-        def forward() -> tuple[tuple[Tensor, int], list[float]]:
+        def prepare() -> tuple[tuple[Tensor, dict[str, Any], int], list[float]]:
             x, cond, rows, total = self._my_rows(kind, source, sharded, device)
             if self.event_shape is None:
                 self.event_shape = list(x.shape[1:])
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(f"training stopped at step {self.step}: the training batch "
+                                 "contains NaN/Inf; the update was not applied"
+                                 + self._last_good())
             if self.hflip:
                 x = self._flip(x, total, rows)
-            draws = self._draws(x, cond, rows, total)
+            n = x.shape[0]
+            return (x, self._draws(x, cond, rows, total), total), \
+                [float(interrupt.requested), float(n), float(n * n)]
+
+        (x, draws, total), (stop, s1, s2) = distributed.agree(prepare, 3, what=what)
+        if sharded and abs(s2 * w - s1 * s1) > 0.5:
+            raise ValueError(f"at step {self.step} the ranks' batches differ in size; a "
+                             "DistributedSampler's DataLoader needs drop_last=True (or a data set "
+                             "whose size the batches divide)")
+
+        def forward() -> tuple[Tensor, list[float]]:
             n = x.shape[0]
             parts = [p for p in (slice(i * n // k, (i + 1) * n // k) for i in range(k))
                      if p.stop > p.start]
@@ -774,11 +792,9 @@ class Trainer:
                         loss = self._micro_loss(x, draws, part, self.rank * k + i)
                     value = loss.item()
                     if not math.isfinite(value):
-                        what = ("the training batch contains NaN/Inf"
-                                if not bool(torch.isfinite(x[part]).all())
-                                else "the loss is NaN/Inf (network output or divergence)")
-                        raise ValueError(f"training stopped at step {self.step}: {what}; the "
-                                         "update was not applied" + self._last_good())
+                        raise ValueError(f"training stopped at step {self.step}: the loss is "
+                                         "NaN/Inf (network output or divergence); the update "
+                                         "was not applied" + self._last_good())
                     m = part.stop - part.start
                     contrib += value * m / total
                     # DDP averages over the ranks: weight by this part's share of the batch
@@ -787,14 +803,9 @@ class Trainer:
                         last = scaled
                     else:
                         self._backward(scaled)
-            return (last, total), [contrib, float(interrupt.requested), float(n), float(n * n)]
+            return last, [contrib]
 
-        (last, total), (value, stop, s1, s2) = distributed.agree(
-            forward, 4, what=f"at step {self.step}")
-        if sharded and abs(s2 * w - s1 * s1) > 0.5:
-            raise ValueError(f"at step {self.step} the ranks' batches differ in size; a "
-                             "DistributedSampler's DataLoader needs drop_last=True (or a data set "
-                             "whose size the batches divide)")
+        last, (value,) = distributed.agree(forward, 1, what=what)
         self._backward(last)
         return value, total, stop > 0
 
