@@ -29,7 +29,7 @@ from torch import nn
 from ..files import LockedError
 
 __all__ = ["init", "shutdown", "is_initialized", "world_size", "rank", "local_rank", "is_main",
-           "default_device", "barrier", "all_reduce_sum", "all_reduce_mean", "broadcast",
+           "default_device", "comm_device", "barrier", "all_reduce_sum", "all_reduce_mean", "broadcast",
            "broadcast_module", "all_gather_object", "shard", "unwrap", "agree", "RankError"]
 
 R = TypeVar("R")
@@ -121,7 +121,7 @@ def init(device: torch.device | str | None = None, backend: str | None = None) -
     if backend is None:
         backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(device if device.index is not None else default_device())
     missing = [v for v in ("MASTER_ADDR", "MASTER_PORT", "RANK") if v not in os.environ]
     if missing:
         raise RuntimeError(f"WORLD_SIZE={n} but {', '.join(missing)} unset: launch with torchrun "

@@ -271,14 +271,14 @@ class Trainer:
       warm-up $\mu_k = \min(\mu, (1+k)/(10+k))$ at step $k$ (`None`: no EMA).
     - `batch_size`: the global batch of one optimizer step (of in-memory data and callables;
       an iterable brings its own batches), whatever the number of processes and
-      `accumulate`;
+      `accumulate`.
     - `accumulate`: split each process's share of the step's batch into this many
       micro-batches, back-propagated one after the other (less activation memory, the same
-      update up to rounding);
+      update up to rounding).
     - `precision`: `"float32"` (default), `"bfloat16"` (autocast) or `"float16"` (autocast
       with a `torch.amp.GradScaler`; meant for CUDA); parameters, optimizer state and EMA stay
-      float32;
-      `weighting` and `importance_sampling` are passed to
+      float32.
+    - `weighting` and `importance_sampling` are passed to
       [`dsm_loss`][scoresde.losses.dsm_loss]; `loss_fn(model, batch, generator)` replaces the
       loss entirely (e.g. [`ddpm_loss`][scoresde.losses.ddpm_loss]); for conditional batches
       it is called as `loss_fn(model, batch, generator, cond=cond)`.
