@@ -155,6 +155,7 @@ def worker(tmp_path):
     spec = importlib.util.spec_from_file_location("ddp_worker", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    module.job()                 # a first optimizer imports much of torch: before any fork
     return path, module
 
 
@@ -198,6 +199,8 @@ def _fork_ranks(w, mode, out, n=2):
                                   LOCAL_WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1",
                                   MASTER_PORT=str(port))
                 w.main(mode, out)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
             except BaseException:
                 (out / f"traceback.rank{r}.txt").write_text(traceback.format_exc())
                 code = 1
@@ -331,6 +334,24 @@ def test_torchrun_ctrl_c_saves_on_rank_0_and_one_process_resumes(worker, tmp_pat
     _close(ref.model.net.state_dict(), r0["model"])
     _close(ref.ema_net.state_dict(), ckpt["ema"])
     _resume_one_process(w, folder, k + 3)
+
+
+@needs_fork
+def test_ctrl_c_on_one_rank_stops_both_at_the_same_step(worker, tmp_path):
+    """SIGINT to rank 1 alone: the step's agreement tells rank 0, both finish that step, rank
+    0 saves it, both raise TrainingInterrupted naming it."""
+    _, w = worker
+    pids = _fork_ranks(w, "long", tmp_path)
+    folder = tmp_path / "ckpt"
+    try:
+        _await_checkpoint(folder, lambda: all(os.waitpid(p, os.WNOHANG) == (0, 0)
+                                              for p in pids))
+    finally:
+        os.kill(pids[1], signal.SIGINT)
+    assert _wait_ranks(pids, tmp_path, timeout=90) == [130, 130]
+    stops = [json.loads((tmp_path / f"interrupted.rank{r}.json").read_text()) for r in (0, 1)]
+    assert stops[0]["step"] == stops[1]["step"] == load_checkpoint(folder / "last.pt")["step"]
+    assert not (folder / ".lock").exists()
 
 
 @needs_fork
