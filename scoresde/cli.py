@@ -125,7 +125,10 @@ def train_model(data: str, out: Path, *, steps: int, sde_name: str = "vp", batch
                 prediction: str = "eps", weighting: str = "sigma2", progress: bool = True,
                 n_data: int = 50_000) -> tuple[Any, float]:
     """Train an MLP score model on a toy set; writes ``model.pt``, ``loss.png`` and
-    ``score_field.png`` to ``out``. Returns (trainer, seconds)."""
+    ``score_field.png`` to ``out``. Returns (trainer, seconds).
+
+    Under torchrun (``torchrun --nproc-per-node N -m scoresde train ...``) every process
+    trains its share of each batch of ``batch_size`` rows and only rank 0 writes the files."""
     from . import ScoreModel, Trainer
     from .analytic import GaussianMixture
     from .data import DATASETS, sample_toy
@@ -147,6 +150,8 @@ def train_model(data: str, out: Path, *, steps: int, sde_name: str = "vp", batch
     trainer.fit(x, steps=steps)
     seconds = time.perf_counter() - t0
     trainer.save(out / "model.pt")                   # atomic: replaces an old model.pt only now
+    if trainer.rank != 0:                            # under torchrun: rank 0 writes the files
+        return trainer, seconds
     (out / "last.pt").unlink(missing_ok=True)
     plot_losses(trainer.losses, out / "loss.png")
     ema = trainer.ema_model()
@@ -172,6 +177,8 @@ def cmd_train(a: argparse.Namespace) -> int:
                                    batch_size=a.batch_size, lr=a.lr, hidden=a.hidden,
                                    depth=a.depth, seed=a.seed, prediction=a.prediction,
                                    weighting=a.weighting, progress=not a.no_progress)
+    if trainer.rank != 0:
+        return 0
     tail = trainer.losses[-100:]
     print(f"trained {a.steps} steps in {seconds:.1f} s; final loss (mean of last "
           f"{len(tail)}) {sum(tail) / len(tail):.4f}")
