@@ -144,8 +144,10 @@ def train_image_model(data: str, out: str | os.PathLike, *, steps: int, preset: 
     """Train a `UNet.preset(preset)` score model on the training split of image data set
     `data` (dequantized afresh every batch, `dequantized_source`) and write into `out`:
     ``model.pt`` (the checkpoint; its meta records ``data``, ``levels``, ``scaling``,
-    ``preset``), ``loss.png`` and ``samples.png``, a grid of 64 samples of the EMA model
-    (`grid_solver` at `grid_nfe` NFE, seed `seed`).
+    ``preset``, and the training's wall and CPU seconds, ``train_seconds`` and
+    ``train_cpu_seconds``, with the intra-op ``threads``), ``loss.png`` and
+    ``samples.png``, a grid of 64 samples of the EMA model (`grid_solver` at `grid_nfe` NFE,
+    seed `seed`).
 
     The network takes the data's channels and size (`in_channels`, `image_size` override
     the preset's). `warmup_steps` defaults to ``min(100, steps // 10)``. An existing
@@ -172,9 +174,12 @@ def train_image_model(data: str, out: str | os.PathLike, *, steps: int, preset: 
     trainer = Trainer(model, lr=lr, batch_size=batch_size, warmup_steps=warmup,
                       ema_decay=ema_decay, weighting=weighting, seed=seed, progress=progress,
                       checkpoint_dir=out, checkpoint_every=max(1, steps // 5), meta=meta)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     trainer.fit(dequantized_source(ds), steps=steps)
     seconds = time.perf_counter() - t0
+    trainer.meta.update(train_seconds=round(seconds, 2),
+                        train_cpu_seconds=round(time.process_time() - c0, 2),
+                        threads=torch.get_num_threads())
     trainer.save(out / "model.pt")
     (out / "last.pt").unlink(missing_ok=True)
     plot_losses(trainer.losses, out / "loss.png", title=f"DSM training loss ({data}, UNet "
@@ -393,9 +398,10 @@ def run_image_demo(work: Path, out: Path, *, quick: bool = False, steps: int = 1
     model = load_model(ckpt)
     info = image_info(load_checkpoint(ckpt)["meta"])
     params = parameter_count(model)
+    train_cpu = float(trainer.meta["train_cpu_seconds"])
     tail = trainer.losses[-100:]
-    print(f"      {params:,} parameters; trained in {train_s:.0f} s; final loss "
-          f"{sum(tail) / len(tail):.4f}")
+    print(f"      {params:,} parameters; trained in {train_s:.0f} s ({train_cpu:.0f} s CPU); "
+          f"final loss {sum(tail) / len(tail):.4f}")
     print("[2/4] sample grid and reverse-process GIF")
     got = sample_images(model, info, 64, work, solver=DEMO_SOLVERS[0], nfe=grid_nfe, seed=seed,
                         gif=True, gif_n=36)
@@ -426,7 +432,8 @@ def run_image_demo(work: Path, out: Path, *, quick: bool = False, steps: int = 1
         f"`UNet.preset('tiny')`, {params:,} parameters, VP-SDE, eps-prediction, DSM loss "
         f"(sigma² weighting) on the {len(_splits(info)[0])} training digits, uniformly "
         f"dequantized ({info['levels']} levels) afresh every batch; {steps} steps of "
-        f"{batch_size}, Adam lr 2e-3, EMA 0.995: {train_s:.0f} s. Loss curve: "
+        f"{batch_size}, Adam lr 2e-3, EMA 0.995: {train_s:.0f} s wall, {train_cpu:.0f} s CPU "
+        f"({torch.get_num_threads()} threads). Loss curve: "
         "[train/loss.png](train/loss.png).", "",
         "![samples](samples.png)", "",
         f"64 samples ({got['solver']}, NFE {got['nfe']}); the reverse process of 36 more: "
@@ -444,7 +451,8 @@ def run_image_demo(work: Path, out: Path, *, quick: bool = False, steps: int = 1
         "deterministic solvers):", "", comp.headline("pathwise", legend=False), "",
         "Details, floors and plots: [compare/report.md](compare/report.md).", ""]
     (work / "report.md").write_text("\n".join(report) + "\n")
-    lines = [f"\n{params:,} parameters, {steps} steps of {batch_size} in {train_s:.0f} s",
+    lines = [f"\n{params:,} parameters, {steps} steps of {batch_size} in {train_s:.0f} s "
+             f"({train_cpu:.0f} s CPU)",
              f"held-out bits/dim: {lik['bpd']:.4f} ± {lik['bpd_se']:.4f} (s.e.)",
              f"\nFD / real-vs-real floor (classifier accuracy {accuracy:.3f}; not Inception "
              f"FID):\n\n{fd}"]
