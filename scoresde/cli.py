@@ -56,6 +56,11 @@ def _result_folder(path: str, overwrite: bool):
     return atomic_folder(path, overwrite=overwrite)
 
 
+def _or(value: Any, default: Any) -> Any:
+    """An option's value, or its default when it was not given (None; 0 stays 0)."""
+    return default if value is None else value
+
+
 def _command() -> str:
     return "scoresde " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
@@ -144,7 +149,7 @@ def _compare_images(a: argparse.Namespace) -> int:
         replicates=a.replicates,
         budget_mode=a.budget_mode.replace("-", "_"), grids=a.grids, seed=a.seed, t_end=a.t_end,
         out_dir=a.out, floor_repeats=a.floor_repeats, pathwise=not a.no_pathwise,
-        reference_tol=a.reference_tol or 1e-4, dtype=getattr(torch, a.dtype),
+        reference_tol=_or(a.reference_tol, 1e-4), dtype=getattr(torch, a.dtype),
         progress=not a.no_progress, command=_command(), overwrite=a.overwrite)
     print(f"\nFréchet distance in classifier features / real-vs-real floor ({comp.config['target']}; "
           f"classifier accuracy {accuracy:.3f}; not Inception FID):\n")
@@ -216,15 +221,15 @@ def cmd_train(a: argparse.Namespace) -> int:
     out = _out_dir(a.out)
     if net == "unet":
         trainer, seconds = train_image_model(
-            a.data, out, steps=a.steps, preset=a.preset or "tiny", batch_size=a.batch_size or 64,
+            a.data, out, steps=a.steps, preset=a.preset or "tiny", batch_size=_or(a.batch_size, 64),
             lr=a.lr, sde_name=a.sde, prediction=a.prediction, weighting=a.weighting,
             seed=a.seed, progress=not a.no_progress, command=_command())
         plots = f"{out / 'loss.png'}, {out / 'samples.png'}"
         what = f"UNet {a.preset or 'tiny'!r}, {parameter_count(trainer.model):,} parameters: "
     else:
         trainer, seconds = train_model(a.data, out, steps=a.steps, sde_name=a.sde,
-                                       batch_size=a.batch_size or 512, lr=a.lr,
-                                       hidden=a.hidden or 128, depth=a.depth or 3, seed=a.seed,
+                                       batch_size=_or(a.batch_size, 512), lr=a.lr,
+                                       hidden=_or(a.hidden, 128), depth=_or(a.depth, 3), seed=a.seed,
                                        prediction=a.prediction, weighting=a.weighting,
                                        progress=not a.no_progress)
         plots = f"{out / 'loss.png'}, {out / 'score_field.png'}"
@@ -374,8 +379,8 @@ def _likelihood_images(a: argparse.Namespace, model: Any, info: dict[str, Any]) 
                          "bits/dim through the PF-ODE")
     folder = _result_folder(a.out, a.overwrite)
     try:
-        table, vals = image_likelihood(model, info, n=a.n, n_probes=a.probes or 1,
-                                       batch_size=a.batch_size or 64, seed=a.seed,
+        table, vals = image_likelihood(model, info, n=a.n, n_probes=_or(a.probes, 1),
+                                       batch_size=_or(a.batch_size, 64), seed=a.seed,
                                        divergence=a.divergence or "hutchinson", rtol=a.rtol,
                                        atol=a.atol, variable=a.variable, norm=a.norm,
                                        progress=not a.no_progress)
@@ -398,7 +403,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     if a.images:
         return _demo_images(a)
     a.out = a.out or "runs/demo"
-    a.steps, a.replicates = a.steps or 6000, a.replicates or 5
+    a.steps, a.replicates = _or(a.steps, 6000), _or(a.replicates, 5)
     out = Path(a.out)
     with _result_folder(a.out, a.overwrite) as work:
         wall, lines = _demo(a, work, out)
@@ -417,8 +422,8 @@ def _demo_images(a: argparse.Namespace) -> int:
     a.out = a.out or "runs/demo_images"
     out = Path(a.out)
     with _result_folder(a.out, a.overwrite) as work:
-        wall, lines = run_image_demo(work, out, quick=a.quick, steps=a.steps or IMAGE_DEMO_STEPS,
-                                     replicates=a.replicates or 3, seed=a.seed,
+        wall, lines = run_image_demo(work, out, quick=a.quick, steps=_or(a.steps, IMAGE_DEMO_STEPS),
+                                     replicates=_or(a.replicates, 3), seed=a.seed,
                                      progress=not a.no_progress, command=_command())
     print("\n".join(lines))
     print(f"\nreport: {out / 'report.md'}  ({wall:.0f} s)")
