@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MKDOCS := NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
-.PHONY: demo test lint docs setup clean
+.PHONY: demo demo-images test lint docs setup clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m scoresde demo --overwrite
+
+# The image demo: a tiny U-Net on 8x8 digits (runs/demo_images; docs/images.md).
+demo-images: $(STAMP)
+	$(PY) -m scoresde demo --images --overwrite
 
 # The docs build runs before pytest so that pytest's summary stays the last line. One pytest
 # run covers the tests and the notebooks in docs/notebooks (executed top to bottom by nbmake,

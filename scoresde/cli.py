@@ -56,6 +56,11 @@ def _result_folder(path: str, overwrite: bool):
     return atomic_folder(path, overwrite=overwrite)
 
 
+def _or(value: Any, default: Any) -> Any:
+    """An option's value, or its default when it was not given (None; 0 stays 0)."""
+    return default if value is None else value
+
+
 def _command() -> str:
     return "scoresde " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
@@ -93,16 +98,30 @@ def import_user_modules(names: Sequence[str]) -> None:
 
 
 # ----- compare ---------------------------------------------------------------------------
+def _image_info(checkpoint: str, data: str | None = None) -> dict[str, Any] | None:
+    """The checkpoint's image data set and quantization (`image_workflow.image_info`), or
+    None for a model of a 2-D toy set."""
+    from . import load_checkpoint
+    from .image_workflow import image_info
+
+    meta = load_checkpoint(checkpoint).get("meta", {})
+    return image_info({**meta, **({"data": data} if data else {})})
+
+
 def cmd_compare(a: argparse.Namespace) -> int:
     from .evaluation.compare import DEFAULT_BUDGETS, builtin_target, checkpoint_target, compare
 
+    if a.checkpoint and _image_info(a.checkpoint, a.data) is not None:
+        return _compare_images(a)
+    if a.features_cache is not None:
+        raise UsageError("--features-cache is for image checkpoints (FD/KID features)")
     if a.checkpoint:
         target = checkpoint_target(a.checkpoint, a.data)
     else:
         target = builtin_target(a.target, _sde(a.sde))
     budgets = a.nfe or list(DEFAULT_BUDGETS)
     _result_folder(a.out, a.overwrite)            # refuse a non-empty --out before any work
-    comp = compare(target, a.solvers, budgets, n=a.n, replicates=a.replicates,
+    comp = compare(target, a.solvers, budgets, n=2000 if a.n is None else a.n, replicates=a.replicates,
                    budget_mode=a.budget_mode.replace("-", "_"), grids=a.grids, seed=a.seed,
                    t_end=a.t_end, out_dir=a.out, floor_repeats=a.floor_repeats,
                    pathwise=not a.no_pathwise, reference_tol=a.reference_tol,
@@ -116,6 +135,27 @@ def cmd_compare(a: argparse.Namespace) -> int:
     if grid_txt:
         print("\nsolver x grid (sliced W2 / noise floor):\n\n" + grid_txt)
     print(f"\nreport: {out / 'report.md'}")
+    return 0
+
+
+def _compare_images(a: argparse.Namespace) -> int:
+    """`compare --checkpoint` on an image model: FD/KID in the classifier's features."""
+    from .image_workflow import IMAGE_BUDGETS, compare_images
+
+    _result_folder(a.out, a.overwrite)            # refuse a non-empty --out before any work
+    comp, accuracy = compare_images(
+        a.checkpoint, a.solvers, a.nfe or list(IMAGE_BUDGETS), data=a.data, n=a.n,
+        cache_dir=a.features_cache, classifier_steps=a.classifier_steps,
+        replicates=a.replicates,
+        budget_mode=a.budget_mode.replace("-", "_"), grids=a.grids, seed=a.seed, t_end=a.t_end,
+        out_dir=a.out, floor_repeats=a.floor_repeats, pathwise=not a.no_pathwise,
+        reference_tol=_or(a.reference_tol, 1e-4), dtype=getattr(torch, a.dtype),
+        progress=not a.no_progress, command=_command(), overwrite=a.overwrite)
+    print(f"\nFréchet distance in classifier features / real-vs-real floor ({comp.config['target']}; "
+          f"classifier accuracy {accuracy:.3f}; not Inception FID):\n")
+    print(comp.headline("fd"))
+    print("\n" + comp.verdict_line("fd"))
+    print(f"\nreport: {Path(a.out) / 'report.md'}")
     return 0
 
 
@@ -167,22 +207,44 @@ def train_model(data: str, out: Path, *, steps: int, sde_name: str = "vp", batch
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from .image_workflow import choose_net, parameter_count, train_image_model
+    from .nets.unet import PRESETS
+
     if a.steps < 1:
         raise UsageError(f"--steps must be a positive integer, got {a.steps}")
+    net = choose_net(a.data, a.net)
+    if net == "unet" and (a.hidden is not None or a.depth is not None):
+        raise UsageError("--hidden and --depth size the MLP (--net mlp); size a U-Net with "
+                         "--preset")
+    if net == "mlp" and a.preset is not None:
+        raise UsageError("--preset names a U-Net configuration (--net unet, image data sets)")
+    if net == "unet" and a.preset is not None and a.preset not in PRESETS:
+        raise UsageError(f"unknown U-Net preset {a.preset!r}; presets: {list(PRESETS)}")
     if (Path(a.out) / "model.pt").exists() and not a.overwrite:
         raise UsageError(f"{str(Path(a.out) / 'model.pt')!r} exists; choose another --out or "
                          "pass --overwrite to replace it when training has finished")
     out = _out_dir(a.out)
-    trainer, seconds = train_model(a.data, out, steps=a.steps, sde_name=a.sde,
-                                   batch_size=a.batch_size, lr=a.lr, hidden=a.hidden,
-                                   depth=a.depth, seed=a.seed, prediction=a.prediction,
-                                   weighting=a.weighting, progress=not a.no_progress)
+    if net == "unet":
+        trainer, seconds = train_image_model(
+            a.data, out, steps=a.steps, preset=a.preset or "tiny", batch_size=_or(a.batch_size, 64),
+            lr=a.lr, sde_name=a.sde, prediction=a.prediction, weighting=a.weighting,
+            seed=a.seed, progress=not a.no_progress, command=_command())
+        plots = f"{out / 'loss.png'}, {out / 'samples.png'}"
+        what = f"UNet {a.preset or 'tiny'!r}, {parameter_count(trainer.model):,} parameters: "
+    else:
+        trainer, seconds = train_model(a.data, out, steps=a.steps, sde_name=a.sde,
+                                       batch_size=_or(a.batch_size, 512), lr=a.lr,
+                                       hidden=_or(a.hidden, 128), depth=_or(a.depth, 3), seed=a.seed,
+                                       prediction=a.prediction, weighting=a.weighting,
+                                       progress=not a.no_progress)
+        plots = f"{out / 'loss.png'}, {out / 'score_field.png'}"
+        what = ""
     if trainer.rank != 0:
         return 0
     tail = trainer.losses[-100:]
-    print(f"trained {a.steps} steps in {seconds:.1f} s; final loss (mean of last "
+    print(f"{what}trained {a.steps} steps in {seconds:.1f} s; final loss (mean of last "
           f"{len(tail)}) {sum(tail) / len(tail):.4f}")
-    print(f"checkpoint: {out / 'model.pt'}; plots: {out / 'loss.png'}, {out / 'score_field.png'}")
+    print(f"checkpoint: {out / 'model.pt'}; plots: {plots}")
     return 0
 
 
@@ -196,6 +258,12 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
     model = load_model(a.checkpoint)
     meta = load_checkpoint(a.checkpoint).get("meta", {})
+    info = _image_info(a.checkpoint)
+    if info is not None:
+        return _sample_images(a, model, info)
+    if a.grid_png or a.gif:
+        raise UsageError("--grid-png and --gif are for image checkpoints; a 2-D model writes "
+                         "samples.png (a scatter plot)")
     event_shape = meta.get("event_shape") or [(meta.get("net") or {}).get("dim", 2)]
     spec = SolverSpec.parse(a.solver)
     folder = _result_folder(a.out, a.overwrite)
@@ -219,6 +287,21 @@ def cmd_sample(a: argparse.Namespace) -> int:
         plot_samples(x, work / "samples.png", title=f"{spec.label}, NFE {res.nfe}")
     print(f"{a.n} samples with {spec.label} (NFE {res.nfe}): {out / 'samples.npz'}, "
           f"{out / 'samples.png'}")
+    return 0
+
+
+def _sample_images(a: argparse.Namespace, model: Any, info: dict[str, Any]) -> int:
+    from .image_workflow import sample_images
+
+    if a.n < 1:
+        raise UsageError(f"--n must be a positive integer, got {a.n}")
+    folder = _result_folder(a.out, a.overwrite)
+    with folder as work:
+        got = sample_images(model, info, a.n, work, solver=a.solver, nfe=a.nfe, seed=a.seed,
+                            grid_png=a.grid_png, gif=a.gif, progress=not a.no_progress,
+                            command=_command())
+    names = ", ".join(str(Path(a.out) / p.name) for p in got["files"])
+    print(f"{a.n} {info['data']} samples with {got['solver']} (NFE {got['nfe']}): {names}")
     return 0
 
 
@@ -271,6 +354,12 @@ def cmd_likelihood(a: argparse.Namespace) -> int:
     from .data import DATASETS, sample_toy
 
     model = load_model(a.checkpoint)
+    info = _image_info(a.checkpoint, a.data)
+    if info is not None:
+        return _likelihood_images(a, model, info)
+    if a.probes is not None or a.batch_size is not None:
+        raise UsageError("--probes and --batch-size are for image checkpoints (bits/dim of "
+                         "held-out images)")
     data = a.data or load_checkpoint(a.checkpoint).get("meta", {}).get("data")
     if data not in DATASETS:
         raise UsageError(f"no known toy data set for {a.checkpoint!r} (got {data!r}); pass --data "
@@ -283,7 +372,7 @@ def cmd_likelihood(a: argparse.Namespace) -> int:
     out = Path(a.out)
     try:
         table, vals = likelihood_table(model, x, exact, progress=not a.no_progress,
-                                       divergence=a.divergence, rtol=a.rtol, atol=a.atol,
+                                       divergence=a.divergence or "exact", rtol=a.rtol, atol=a.atol,
                                        variable=a.variable, norm=a.norm, bound=a.bound,
                                        seed=a.seed)
     except SamplingError as e:
@@ -297,14 +386,61 @@ def cmd_likelihood(a: argparse.Namespace) -> int:
     return 0
 
 
+def _likelihood_images(a: argparse.Namespace, model: Any, info: dict[str, Any]) -> int:
+    from . import SamplingError
+    from .image_workflow import image_likelihood
+
+    if a.bound is not None:
+        raise UsageError("--variational-bound is for 2-D toy models; image checkpoints report "
+                         "bits/dim through the PF-ODE")
+    folder = _result_folder(a.out, a.overwrite)
+    try:
+        table, vals = image_likelihood(model, info, n=a.n, n_probes=_or(a.probes, 1),
+                                       batch_size=_or(a.batch_size, 64), seed=a.seed,
+                                       divergence=a.divergence or "hutchinson", rtol=a.rtol,
+                                       atol=a.atol, variable=a.variable, norm=a.norm,
+                                       progress=not a.no_progress)
+    except SamplingError as e:
+        raise UsageError(f"the likelihood solve failed: {e}") from None
+    with folder as work:
+        (work / "likelihood.md").write_text(f"# Bits/dim of held-out {info['data']}\n\n"
+                                            f"`{_command()}`\n\n{table}\n")
+        (work / "likelihood.json").write_text(json.dumps(vals, indent=2))
+    print(table)
+    print(f"\ntable: {Path(a.out) / 'likelihood.md'}")
+    return 0
+
+
 # ----- demo ------------------------------------------------------------------------------
 DEMO_BUDGETS = (10, 20, 50, 100)
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
+    if a.images:
+        return _demo_images(a)
+    a.out = a.out or "runs/demo"
+    a.steps, a.replicates = _or(a.steps, 6000), _or(a.replicates, 5)
     out = Path(a.out)
     with _result_folder(a.out, a.overwrite) as work:
         wall, lines = _demo(a, work, out)
+    print("\n".join(lines))
+    print(f"\nreport: {out / 'report.md'}  ({wall:.0f} s)")
+    return 0
+
+
+#: training steps of `scoresde demo --images` (chosen by measurement: docs/results.md)
+IMAGE_DEMO_STEPS = 1500
+
+
+def _demo_images(a: argparse.Namespace) -> int:
+    from .image_workflow import run_image_demo
+
+    a.out = a.out or "runs/demo_images"
+    out = Path(a.out)
+    with _result_folder(a.out, a.overwrite) as work:
+        wall, lines = run_image_demo(work, out, quick=a.quick, steps=_or(a.steps, IMAGE_DEMO_STEPS),
+                                     replicates=_or(a.replicates, 3), seed=a.seed,
+                                     progress=not a.no_progress, command=_command())
     print("\n".join(lines))
     print(f"\nreport: {out / 'report.md'}  ({wall:.0f} s)")
     return 0
@@ -394,14 +530,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--solvers", nargs="+", help='solver specs, e.g. ddim "ddim:eta=1.0" '
                    '"pf_ode:method=rk4" "pf_ode:adaptive=1" (default: each registered solver\'s '
                    "comparison line-up)")
-    c.add_argument("--nfe", nargs="+", type=int, help="NFE budgets (default 10 20 50 100 250 1000)")
+    c.add_argument("--nfe", nargs="+", type=int, help="NFE budgets (default 10 20 50 100 250 "
+                   "1000; image checkpoints 10 20 50 100)")
     c.add_argument("--budget-mode", choices=["at-most", "exact"], default="at-most",
                    help="at-most (default): each solver at its largest budget <= K, the NFE it "
                    "used shown; exact: exactly K, a budget a solver cannot meet is not run")
     c.add_argument("--grids", nargs="+", metavar="GRID", help="run every solver without its "
                    "own grid= on each of these time grids (uniform, quadratic, logsnr, karras, "
                    "...): a solver x grid table")
-    c.add_argument("--n", type=int, default=2000, help="samples per replicate")
+    c.add_argument("--n", type=int, default=None, help="samples per replicate (default 2000; "
+                   "for an image checkpoint all held-out images, and at most that many)")
+    c.add_argument("--features-cache", default=None, metavar="DIR", help="image checkpoints: "
+                   "folder of the cached feature classifier of FD/KID (default: features/ "
+                   "next to the checkpoint)")
+    c.add_argument("--classifier-steps", type=int, default=500, help="image checkpoints: "
+                   "training steps of the feature classifier (part of its cache key)")
     c.add_argument("--replicates", type=int, default=5, help="independent replicates (fresh "
                    "x_T, solver noise and reference set each; >= 2): every number comes with "
                    "a 95%% confidence interval over them")
@@ -412,21 +555,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-pathwise", action="store_true", help="skip the tight PF-ODE reference "
                    "solve and the pathwise errors")
     c.add_argument("--reference-tol", type=float, default=None, help="rtol = atol of the "
-                   "pathwise reference solve (default 1e-6 in float32, 1e-7 in float64)")
+                   "pathwise reference solve (default 1e-6 in float32, 1e-7 in float64; image "
+                   "checkpoints 1e-4)")
     c.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     c.add_argument("--out", default="runs/compare")
     c.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(func=cmd_compare)
 
-    t = sub.add_parser("train", parents=[common], help="train an MLP score model on a 2-D toy set")
-    t.add_argument("--data", default="eight_gaussians")
+    t = sub.add_parser("train", parents=[common], help="train a score model: an MLP on a 2-D "
+                       "toy set, a U-Net on an image data set (digits)")
+    t.add_argument("--data", default="eight_gaussians", help="a 2-D toy set (eight_gaussians, "
+                   "moons, ...) or an image data set (digits)")
+    t.add_argument("--net", choices=["mlp", "unet"], default=None, help="the network (default: "
+                   "mlp for 2-D toy sets, unet for image data sets)")
+    t.add_argument("--preset", default=None, help="U-Net configuration: tiny (default), small, "
+                   "ddpm_cifar10 (--net unet)")
     t.add_argument("--steps", type=int, default=5000)
     t.add_argument("--sde", default="vp")
-    t.add_argument("--batch-size", type=int, default=512)
+    t.add_argument("--batch-size", type=int, default=None, help="default 512 (mlp), 64 (unet)")
     t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--hidden", type=int, default=128)
-    t.add_argument("--depth", type=int, default=3)
+    t.add_argument("--hidden", type=int, default=None, help="MLP width (default 128)")
+    t.add_argument("--depth", type=int, default=None, help="MLP residual blocks (default 3)")
     t.add_argument("--prediction", default="eps")
     t.add_argument("--weighting", default="sigma2")
     t.add_argument("--seed", type=int, default=0)
@@ -440,6 +590,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--solver", default="euler_maruyama")
     s.add_argument("--nfe", type=int, default=100)
     s.add_argument("--n", type=int, default=5000)
+    s.add_argument("--grid-png", action="store_true", help="image checkpoints: write "
+                   "samples.png, a grid of the first 64 samples")
+    s.add_argument("--gif", action="store_true", help="image checkpoints: write "
+                   "reverse_process.gif, the reverse process of 36 samples from the same seed")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--class", dest="class_label", type=int, default=None, metavar="K",
                    help="sample class K of a class-conditional network (cond y=K); default: "
@@ -452,9 +606,15 @@ def build_parser() -> argparse.ArgumentParser:
     lk = sub.add_parser("likelihood", parents=[common], help="NLL / bits per dim of held-out data (PF-ODE)")
     lk.add_argument("--checkpoint", required=True)
     lk.add_argument("--data")
-    lk.add_argument("--n", type=int, default=1000)
+    lk.add_argument("--n", type=int, default=1000, help="held-out points (image checkpoints: "
+                    "the first n held-out images, at most all)")
     lk.add_argument("--seed", type=int, default=0)
-    lk.add_argument("--divergence", default="exact", help="exact | hutchinson")
+    lk.add_argument("--divergence", default=None, help="exact | hutchinson (default: exact; "
+                    "image checkpoints hutchinson)")
+    lk.add_argument("--probes", type=int, default=None, help="image checkpoints: Hutchinson "
+                    "probes per image (default 1)")
+    lk.add_argument("--batch-size", type=int, default=None, help="image checkpoints: images "
+                    "per PF-ODE solve (default 64)")
     lk.add_argument("--rtol", type=float, default=1e-5)
     lk.add_argument("--atol", type=float, default=1e-5)
     lk.add_argument("--variable", default=None,
@@ -473,11 +633,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", parents=[common],
                        help="the README's demo: compare, train, compare, likelihood")
-    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--images", action="store_true", help="the image demo instead: a tiny U-Net "
+                   "on 8x8 digits, sample grid, reverse-process GIF, bits/dim, FD/KID")
+    d.add_argument("--out", default=None, help="default runs/demo (runs/demo_images with "
+                   "--images)")
     d.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
-    d.add_argument("--steps", type=int, default=6000, help="training steps")
-    d.add_argument("--n", type=int, default=500, help="samples per replicate")
-    d.add_argument("--replicates", type=int, default=5, help="replicates per comparison")
+    d.add_argument("--steps", type=int, default=None, help="training steps (default 6000; "
+                   f"{IMAGE_DEMO_STEPS} with --images)")
+    d.add_argument("--n", type=int, default=500, help="samples per replicate (the image demo "
+                   "uses all held-out digits)")
+    d.add_argument("--replicates", type=int, default=None, help="replicates per comparison "
+                   "(default 5; 3 with --images)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quick", action="store_true", help="a tiny run (for tests)")
     d.add_argument("--no-progress", action="store_true")

@@ -18,9 +18,11 @@ listed time grid (a solver × grid table).
 **Scores.** Each replicate is scored by
 
 - the registered sample-set distances ([`METRICS`][scoresde.evaluation.metrics.METRICS]: sliced
-  Wasserstein-2, MMD², energy distance) to the replicate's reference set, each next to its
-  **noise floor**, its value between two independent exact sets of the same size
-  (``floor_repeats`` pairs);
+  Wasserstein-2, MMD², energy distance), or the ones given as ``metrics`` (e.g. the
+  Fréchet distance and KID in a classifier's features for images), to the replicate's
+  reference set, each next to its **noise floor**, its value between two independent exact
+  sets of the same size (``floor_repeats`` pairs; for a fixed data set, training vs
+  held-out images: `Target.floor_sample`);
 - for deterministic solvers, the **pathwise error** $\mathbb E\|x - x_\text{ref}\|$ against a
   tight adaptive PF-ODE solve of *the same model* from the same $x_T$ (``reference_tol``,
   both denoised by the same Tweedie step): solver error alone, also for a trained model whose
@@ -72,7 +74,7 @@ from ..analytic import GaussianMixture
 from ..files import atomic_folder, check_output_folder
 from ..samplers import GRIDS, BudgetError, SamplingError, grid_label, sample
 from ..validation import check_int, check_real
-from .metrics import METRICS, kernel_stein_discrepancy, mean_cov_errors, noise_floor
+from .metrics import METRICS, Metric, kernel_stein_discrepancy, mean_cov_errors, noise_floor
 from .report import versions, write_csv, write_json, write_report
 from .specs import SolverSpec, default_solvers
 from .stats import Verdict, compare_to_leader, ratio_interval, t_interval, welch_difference
@@ -152,6 +154,17 @@ class Comparison:
                    d.get("score_floors", {}), d.get("reference"))
 
     # ----- access ------------------------------------------------------------------------
+    @property
+    def metrics(self) -> dict[str, str]:
+        """The sample-set distances of this comparison, name -> title, in order (the first
+        is the headline's); a `results.json` without the record means the registry's."""
+        return dict(self.config.get("metrics") or {k: m.title for k, m in METRICS.items()})
+
+    @property
+    def primary(self) -> str:
+        """The headline metric: the first of `metrics` (``"sw2"`` by default)."""
+        return next(iter(self.metrics))
+
     def cell(self, solver: str, budget: int | None) -> dict[str, Any] | None:
         """The row of ``solver`` (a label) at ``budget`` (``None``: an adaptive solver;
         ``"reference"``: the pathwise reference solve)."""
@@ -254,7 +267,8 @@ class Comparison:
         if unit is not None and fl is not None:
             parts.append(f"In units of the noise floor of {metric} ({fl['mean']:.4g}, 95% CI "
                          f"[{fl['low']:.4g}, {fl['high']:.4g}], {len(fl['values'])} pairs of "
-                         f"exact sets; one pair's spread ± {fl['std'] / fl['mean']:.0%}): 1.00 "
+                         f"{cfg.get('floor_sets', 'exact sets')}; one pair's spread "
+                         f"± {fl['std'] / fl['mean']:.0%}): 1.00 "
                          "= as close as exact samples.")
         elif fl is not None and metric == "avg_logp":
             parts.append("Shown as the gap E_q log p − E_p log p to exact samples (nats; > 0: "
@@ -372,11 +386,11 @@ class Comparison:
 
 # ----- scoring ---------------------------------------------------------------------------
 def _score(x: Tensor, ref: Tensor, exact: GaussianMixture | None, metric_seed: int,
-           path_ref: Tensor | None) -> dict[str, float]:
+           path_ref: Tensor | None, metrics: dict[str, Metric]) -> dict[str, float]:
     """All scores of one replicate's samples ``x`` (its event shape) against ``ref``."""
     x64 = x.detach().double().cpu()
     flat = x64.reshape(x64.shape[0], -1)
-    out = {name: m(flat, ref.reshape(ref.shape[0], -1), metric_seed) for name, m in METRICS.items()}
+    out = {name: m(flat, ref.reshape(ref.shape[0], -1), metric_seed) for name, m in metrics.items()}
     if exact is not None:
         out.update(_exact_scores(x64, exact))
     if path_ref is not None:
@@ -406,7 +420,7 @@ def _exact_scores(x64: Tensor, exact: GaussianMixture, only: str | None = None
 
 
 def _summarise(row: dict[str, Any], reps: list[dict[str, float]], floors: dict[str, dict[str, Any]],
-               level: float) -> None:
+               level: float, metrics: dict[str, Metric]) -> None:
     """Means, intervals, floor ratios and flags of a cell from its replicates' values."""
     flags = []
     for k in reps[0]:
@@ -425,10 +439,10 @@ def _summarise(row: dict[str, Any], reps: list[dict[str, float]], floors: dict[s
         diff = welch_difference(vals, fl["values"], level)
         if k == "avg_logp":
             row.update(logp_gap=diff.mean, logp_gap_lo=diff.low, logp_gap_hi=diff.high)
-        elif k in METRICS:
+        elif k in metrics:
             ratio, lo, hi = ratio_interval(vals, fl["values"], level)
             row.update({f"{k}_ratio": ratio, f"{k}_ratio_lo": lo, f"{k}_ratio_hi": hi})
-        direction = -1 if k in METRICS else EXACT_METRICS.get(k, ("", 0))[1]
+        direction = -1 if k in metrics else EXACT_METRICS.get(k, ("", 0))[1]
         if (direction < 0 and diff.high < 0) or (direction > 0 and diff.low > 0):
             flags.append(FLAG_NAMES.get(k, f"{k} below floor"))
     row["flags"] = flags
@@ -442,7 +456,8 @@ def compare(target: Target, solvers: Sequence[str | SolverSpec] | None = None,
             floor_repeats: int = 10, pathwise: bool = True, reference_tol: float | None = None,
             dtype: torch.dtype = torch.float32, level: float = 0.95, progress: bool = True,
             trajectories: bool | Sequence[str] = True, overwrite: bool = False,
-            command: str | None = None) -> Comparison:
+            command: str | None = None,
+            metrics: Sequence[str | Metric] | None = None) -> Comparison:
     """Run every solver at every budget, ``replicates`` times, and score the samples.
 
     **Arguments:**
@@ -472,6 +487,11 @@ def compare(target: Target, solvers: Sequence[str | SolverSpec] | None = None,
       without it a non-empty ``out_dir`` is a `ValueError` before any work is done.
     - ``trajectories``: plot sample paths (2-D targets): ``True`` for one solver of each
       kind, a list of solver labels, or ``False``.
+    - ``metrics``: the sample-set distances, as names in
+      [`METRICS`][scoresde.evaluation.metrics.METRICS] or `Metric` objects (e.g.
+      ``feature_metric("fd", featurize, register=False)``); the first is the headline's.
+      Default: every registered metric. Samples and reference sets reach them flattened,
+      ``(n, prod(event_shape))``.
 
     **Returns:** a `Comparison`.
     """
@@ -491,6 +511,7 @@ def compare(target: Target, solvers: Sequence[str | SolverSpec] | None = None,
     for s in specs:
         if s.grid is not None and s.grid not in GRIDS:
             raise ValueError(f"unknown grid {s.grid!r} in {s.label}; registered grids: {sorted(GRIDS)}")
+    chosen = _metric_set(metrics)
     labels = [s.label for s in specs]
     dup = sorted({lab for lab in labels if labels.count(lab) > 1})
     if dup:
@@ -512,7 +533,7 @@ def compare(target: Target, solvers: Sequence[str | SolverSpec] | None = None,
     opts = dict(n=n, replicates=replicates, budget_mode=budget_mode, grids=grids, seed=seed,
                 t_end=t_end, floor_repeats=floor_repeats, pathwise=pathwise,
                 reference_tol=reference_tol, dtype=dtype, level=level, progress=progress,
-                trajectories=trajectories, command=command)
+                trajectories=trajectories, command=command, metrics=chosen)
     if out_dir is None:
         return _run(target, specs, budgets, None, **opts)
     dest = check_output_folder(out_dir, overwrite)   # before any work: refuse early
@@ -522,22 +543,53 @@ def compare(target: Target, solvers: Sequence[str | SolverSpec] | None = None,
     return comp
 
 
+def _metric_set(metrics: Sequence[str | Metric] | None) -> dict[str, Metric]:
+    """The metrics of a comparison by name: the registry's by default; names looked up in
+    `METRICS`; `Metric` objects as they are."""
+    if metrics is None:
+        return dict(METRICS)
+    if isinstance(metrics, (str, Metric)):
+        metrics = [metrics]
+    out: dict[str, Metric] = {}
+    for m in metrics:
+        if isinstance(m, str):
+            if m not in METRICS:
+                raise ValueError(f"unknown metric {m!r}; registered metrics: {list(METRICS)} (or "
+                                 "pass a Metric, e.g. from feature_metric(..., register=False))")
+            m = METRICS[m]
+        elif not isinstance(m, Metric):
+            raise TypeError(f"metrics must be names or Metric objects, got {type(m).__name__}")
+        if m.name in out or m.name in EXACT_METRICS or m.name == "pathwise":
+            raise ValueError(f"metric name {m.name!r} is given twice or is one of the "
+                             "comparison's own scores")
+        out[m.name] = m
+    if not out:
+        raise ValueError("metrics must name at least one metric")
+    return out
+
+
 def _floors(target: Target, n: int, repeats: int, seed: int, metric_seed: int,
-            level: float) -> dict[str, dict[str, Any]]:
+            level: float, metrics: dict[str, Metric]) -> dict[str, dict[str, Any]]:
     """Every score between pairs of independent exact sets of size n (`noise_floor`; the
-    same pairs for every score)."""
+    same pairs for every score): the first set from `target.floor_sample` when the target
+    has one (other real images than the reference's), the second from `target.sample`."""
     def draw(m: int, g: torch.Generator) -> Tensor:
         return target.sample(m, g).double()
 
+    first, second = draw, None
+    if target.floor_sample is not None:
+        floor_sample = target.floor_sample
+        first, second = (lambda m, g: floor_sample(m, g).double()), draw
     fns: dict[str, Any] = {k: (lambda x, y, m=m: m(x.reshape(x.shape[0], -1),
                                                   y.reshape(y.shape[0], -1), metric_seed))
-                           for k, m in METRICS.items()}
+                           for k, m in metrics.items()}
     if target.exact is not None:
         for k in EXACT_METRICS:
             fns[k] = lambda x, y, k=k: _exact_scores(x, target.exact, only=k)
     out = {}
     for k, fn in fns.items():
-        nf = noise_floor(fn, draw, n, replicate_generator(seed, 0, _FLOOR), repeats=repeats)
+        nf = noise_floor(fn, first, n, replicate_generator(seed, 0, _FLOOR), repeats=repeats,
+                         reference_sampler=second)
         v = nf.values.tolist()
         ci = t_interval(v, level)
         out[k] = {"mean": ci.mean, "std": nf.std, "low": ci.low, "high": ci.high, "values": v}
@@ -565,7 +617,7 @@ def _run(target: Target, specs: list[SolverSpec], budgets: list[int], out: Path 
          n: int, replicates: int, budget_mode: str, grids: list[str] | None, seed: int,
          t_end: float, floor_repeats: int, pathwise: bool, reference_tol: float,
          dtype: torch.dtype, level: float, progress: bool, trajectories: bool | Sequence[str],
-         command: str | None) -> Comparison:
+         command: str | None, metrics: dict[str, Metric]) -> Comparison:
     t_start = time.perf_counter()
     model, sde = target.model, target.model.sde
     R = replicates
@@ -576,14 +628,17 @@ def _run(target: Target, specs: list[SolverSpec], budgets: list[int], out: Path 
     event_shape = tuple(refs[0].shape[1:])
     x_T = torch.cat([sde.prior_sample((n, *event_shape), replicate_generator(seed, r, _X_T),
                                       dtype=dtype).to(model.device) for r in range(R)])
-    all_floors = _floors(target, n, floor_repeats, seed, metric_seed, level)
-    floors = {k: v for k, v in all_floors.items() if k in METRICS}
-    score_floors = {k: v for k, v in all_floors.items() if k not in METRICS}
+    all_floors = _floors(target, n, floor_repeats, seed, metric_seed, level, metrics)
+    floors = {k: v for k, v in all_floors.items() if k in metrics}
+    score_floors = {k: v for k, v in all_floors.items() if k not in metrics}
     config: dict[str, Any] = {
         "target": target.name, "target_description": target.description, "sde": sde.config(),
         "solvers": [s.label for s in specs], "budgets": budgets, "budget_mode": budget_mode,
         "grids": grids, "n": n, "replicates": R, "seed": seed, "level": level,
         "floor_repeats": floor_repeats, "t_end": t_end, "dtype": str(dtype).replace("torch.", ""),
+        "metrics": {k: m.title for k, m in metrics.items()},
+        **({"floor_sets": "real sets (a training-split draw, a held-out draw)"}
+           if target.floor_sample is not None else {}),
         "command": command or " ".join(sys.argv), "versions": versions(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
@@ -598,7 +653,7 @@ def _run(target: Target, specs: list[SolverSpec], budgets: list[int], out: Path 
     def record(row: dict[str, Any], reps: list[dict[str, float]] | None,
                cell: bool = True) -> None:
         if reps:
-            _summarise(row, reps, all_floors, level)
+            _summarise(row, reps, all_floors, level, metrics)
             for r, d in enumerate(reps):
                 rep_rows.append({"solver": row["solver"], "budget": row["budget"],
                                  "nfe": row["nfe"], "replicate": r, **d})
@@ -643,7 +698,7 @@ def _run(target: Target, specs: list[SolverSpec], budgets: list[int], out: Path 
                 {"rtol": reference_tol, "atol": reference_tol}), "base": "reference",
                 "grid": None, "grid_used": "adaptive", "adaptive": True, "budget": None,
                 "status": "ok", "nfe": res.nfe, "wall_s": time.perf_counter() - t0}
-            record(row, [_score(xr, refs[r], target.exact, metric_seed, None)
+            record(row, [_score(xr, refs[r], target.exact, metric_seed, None, metrics)
                          for r, xr in enumerate(path_ref)], cell=False)
             reference = row
 
@@ -686,7 +741,7 @@ def _run(target: Target, specs: list[SolverSpec], budgets: list[int], out: Path 
                 xs = split(res.x)
                 deterministic = path_ref is not None and not slv.stochastic
                 reps = [_score(xr, refs[r], target.exact, metric_seed,
-                               path_ref[r] if deterministic else None)
+                               path_ref[r] if deterministic else None, metrics)
                         for r, xr in enumerate(xs)]
                 done[key] = (reps, wall, xs[0][:1500].cpu(), res.nfe)
             reps, wall, first, used = done[key]

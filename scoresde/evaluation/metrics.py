@@ -755,6 +755,7 @@ def noise_floor(
     generator: torch.Generator,
     repeats: int = 10,
     m: int | None = None,
+    reference_sampler: Callable[[int, torch.Generator], Tensor] | None = None,
 ) -> NoiseFloor:
     r"""The value of ``metric`` between two independent exact sample sets: its noise floor.
 
@@ -776,6 +777,12 @@ def noise_floor(
     - ``generator``: ``torch.Generator`` driving ``sampler``.
     - ``repeats``: number of independent pairs, ``>= 2``.
     - ``m``: size of the second set (default ``n``).
+    - ``reference_sampler``: draws the second set instead of ``sampler`` (same signature).
+      For a fixed data set whose reference sets are held-out images, pass the held-out
+      sampler here and a sampler of *other* real images (e.g. the training split) as
+      ``sampler``: the floor is then real vs real between disjoint sets, as model samples
+      vs held-out images are (two draws from one finite set would share images and
+      understate it).
 
     **Returns:** :class:`NoiseFloor` ``(mean, std, values)``.
     """
@@ -783,10 +790,14 @@ def noise_floor(
     m = n if m is None else m
     check_int("n", n, 2)
     check_int("m", m, 2)
+    if reference_sampler is not None and not callable(reference_sampler):
+        raise TypeError(f"reference_sampler must be callable (n, generator) -> samples, got "
+                        f"{type(reference_sampler).__name__}")
+    second = sampler if reference_sampler is None else reference_sampler
     vals = []
     for _ in range(repeats):
         x = sampler(n, generator)
-        y = sampler(m, generator)
+        y = second(m, generator)
         vals.append(float(metric(x, y)))
     values = torch.tensor(vals, dtype=torch.float64)
     return NoiseFloor(mean=float(values.mean()), std=float(values.std()), values=values)

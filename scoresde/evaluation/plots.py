@@ -26,7 +26,7 @@ from ..validation import check_int, check_positive, check_real
 
 __all__ = ["plot_losses", "plot_score_fields", "plot_error_vs_nfe", "plot_sample_grid",
            "plot_trajectories", "plot_samples", "image_grid", "save_image_grid",
-           "save_trajectory_gif"]
+           "save_trajectory_gif", "plot_image_sample_grid"]
 
 
 def _figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6, 4)
@@ -384,3 +384,48 @@ def save_trajectory_gif(trajectory: torch.Tensor, times: torch.Tensor, path: str
                 writer.grab_frame()
 
     return _write_atomic(path, write)
+
+
+def plot_image_sample_grid(samples: dict[tuple[str, int], torch.Tensor], rows: Sequence[str],
+                           cols: Sequence[int], path: str | os.PathLike, *,
+                           ref: torch.Tensor | None = None, n_show: int = 16,
+                           value_range: tuple[float, float] | None = (-1.0, 1.0)) -> Path:
+    """The image counterpart of :func:`plot_sample_grid`: solvers (rows) x budgets (columns),
+    each cell the :func:`image_grid` of the first `n_show` images of
+    ``samples[(solver, budget)]`` (``(B, C, H, W)``, C = 1 or 3; missing cells say so), and,
+    with `ref`, a first column of reference images."""
+    n_show = check_int("n_show", n_show, 1)
+    extra = 1 if ref is not None else 0
+    fig, axes = _figure(len(rows), len(cols) + extra,
+                        figsize=(1.7 * (len(cols) + extra), 1.7 * len(rows)))
+
+    def show(ax: Any, x: torch.Tensor) -> None:
+        grid = image_grid(x[:n_show], value_range=value_range).double().cpu().numpy()
+        img = grid[0] if grid.shape[0] == 1 else grid.transpose(1, 2, 0)
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0.0, vmax=1.0,
+                  interpolation="nearest")
+
+    for i, name in enumerate(rows):
+        for j in range(len(cols) + extra):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == extra:
+                ax.set_ylabel(name, fontsize=7)
+            if j < extra:
+                if i == 0:
+                    ax.set_title("reference", fontsize=8)
+                    show(ax, ref)
+                else:
+                    ax.set_axis_off()
+                continue
+            b = cols[j - extra]
+            if i == 0:
+                ax.set_title(f"NFE {b}", fontsize=8)
+            x = samples.get((name, b))
+            if x is None:
+                ax.text(0.5, 0.5, "budget not\nreachable", ha="center", va="center",
+                        fontsize=6, transform=ax.transAxes, color="gray")
+                continue
+            show(ax, x)
+    return _save(fig, path)

@@ -19,7 +19,6 @@ from ..models import ScoreModel
 from ..samplers import get_grid, grid_label, sample
 from ..sdes import sde_from_config
 from ..version import __version__
-from .metrics import METRICS
 from .specs import SolverSpec
 
 Tensor = torch.Tensor
@@ -126,8 +125,8 @@ def _design(cfg: dict[str, Any], specs: Sequence[SolverSpec]) -> list[str]:
                                  if cfg.get("grids") else "each solver on its own default "
                                  "grid unless its label names one "
                                  f"({_default_grids(specs, cfg['sde'])})"),
-             f"- noise floors: {cfg.get('floor_repeats', '?')} pairs of independent exact sets "
-             "of size n"]
+             f"- noise floors: {cfg.get('floor_repeats', '?')} pairs of "
+             f"{cfg.get('floor_sets', 'independent exact sets')} of size n"]
     if ref and "failed" in ref:
         lines.append(f"- pathwise reference: the tight PF-ODE solve failed ({ref['failed']}); no "
                      "pathwise errors")
@@ -151,7 +150,7 @@ def write_error_plots(comp: Any) -> list[Path]:
     floors = {**comp.floors, **comp.score_floors}
     labels = list(dict.fromkeys(r["solver"] for r in rows if r["budget"] is not None))
     has = {k for r in rows for k in r}
-    plotted = [(k, m.title) for k, m in METRICS.items()]
+    plotted = list(comp.metrics.items())
     if "pathwise" in has:
         plotted.append(("pathwise", "pathwise error E|x - x_ref| (deterministic solvers)"))
     if "ksd" in has:
@@ -172,10 +171,12 @@ def write_report(comp: Any, model: ScoreModel, ref: Tensor,
                  kept: dict[tuple[str, int], Tensor], specs: list[SolverSpec],
                  budgets: list[int], trajectories: bool | Sequence[str], x_T: Tensor,
                  t_end: float) -> None:
-    """Write the error-vs-NFE plots (one per registered metric, plus the pathwise error and
-    the Stein discrepancy when computed; means with their confidence bands and the noise
-    floor), the sample grid and sample paths (2-D targets, replicate 0: ``ref`` its
-    reference set, ``x_T`` its starting noise) and ``report.md`` into ``comp.out_dir``."""
+    """Write the error-vs-NFE plots (one per metric of the comparison, plus the pathwise
+    error and the Stein discrepancy when computed; means with their confidence bands and the
+    noise floor), the sample grid and sample paths (2-D targets, replicate 0: ``ref`` its
+    reference set, ``x_T`` its starting noise; for images ``(C, H, W)`` with C = 1 or 3, a
+    grid of images per solver and budget next to reference images) and ``report.md`` into
+    ``comp.out_dir``."""
     from . import plots  # matplotlib is imported only when a report is written
 
     out = comp.out_dir
@@ -201,6 +202,9 @@ def write_report(comp: Any, model: ScoreModel, ref: Tensor,
                 paths[f"{spec.label}, NFE {b}"] = (res.times, res.trajectory)
             if paths:
                 plots.plot_trajectories(paths, out / "trajectories.png")
+    elif ref.ndim == 4 and ref.shape[1] in (1, 3):
+        plots.plot_image_sample_grid(kept, labels, budgets, out / "samples_grid.png",
+                                     ref=ref[:16])
     write_markdown(comp, specs)
 
 
@@ -212,20 +216,22 @@ def write_markdown(comp: Any, specs: Sequence[SolverSpec]) -> Path:
     cfg, rows = comp.config, comp.rows
     floors = {**comp.floors, **comp.score_floors}
     has = {k for r in rows for k in r}
+    main = comp.primary
+    title = "sliced W2" if main == "sw2" else comp.metrics[main]
     lines = [f"# Sampler comparison: {cfg['target']}", "", f"{cfg['target_description']}.", "",
              *_design(cfg, specs), "",
-             "## Headline: sliced W2 / noise floor (1.00 = as close as exact samples)", "",
-             comp.headline("sw2"), "", "The other tables below read the same way (mean ± "
+             f"## Headline: {title} / noise floor (1.00 = as close as exact samples)", "",
+             comp.headline(main), "", "The other tables below read the same way (mean ± "
              "95% half-width over the replicates; marks as above; raw values where the metric "
-             "has no positive floor).", "", comp.verdict_line("sw2"), "",
+             "has no positive floor).", "", comp.verdict_line(main), "",
              "### Paired differences between the leading solvers", "",
-             "Differences of sliced W2 per replicate (same x_T, same reference set), mean and "
+             f"Differences of {title} per replicate (same x_T, same reference set), mean and "
              "95% t-interval; Holm-adjusted p-values over the comparisons with the leader at "
              "each budget. 'Leader better' needs Holm p ≤ 0.05.", "",
-             comp.difference_table("sw2"), ""]
-    grid_txt = comp.grid_tables("sw2")
+             comp.difference_table(main), ""]
+    grid_txt = comp.grid_tables(main)
     if grid_txt:
-        lines += ["## Time grids: solver × grid (sliced W2 / floor)", "",
+        lines += [f"## Time grids: solver × grid ({title} / floor)", "",
                   "Each solver on each grid at the same budget, from the same x_T; the last "
                   "column is the paired verdict between that solver's grids.", "", grid_txt, ""]
     if "pathwise" in has:
@@ -248,12 +254,13 @@ def write_markdown(comp: Any, specs: Sequence[SolverSpec]) -> Path:
                   "expectation for exact samples, no reference set). Score-based discrepancies "
                   "are nearly blind to the weights of well-separated modes: read it with the "
                   "distances.", "", comp.headline("ksd", legend=False), "", comp.verdict_line("ksd"), ""]
-    others = [k for k in METRICS if k != "sw2"]
+    others = [k for k in comp.metrics if k != main]
     if others:
         lines += ["## Other distances to the reference sets", ""]
         for k in others:
-            lines += [f"### {METRICS[k].title}", "", comp.headline(k, legend=False), ""]
-    lines += ["## Noise floors", "", "Each score between independent exact sets of size n "
+            lines += [f"### {comp.metrics[k]}", "", comp.headline(k, legend=False), ""]
+    sets = cfg.get("floor_sets", "independent exact sets")
+    lines += ["## Noise floors", "", f"Each score between {sets} of size n "
               "(pathwise: the reference solve against one 10 times tighter, per replicate).", "",
               "| score | mean | 95% CI | std of one pair | pairs |",
               "|---|---|---|---|---|"]

@@ -1,5 +1,7 @@
 """What samplers are compared on: a model and a way to draw target samples (`Target`), the
-built-in exact Gaussian-mixture targets (a registry) and trained checkpoints."""
+built-in exact Gaussian-mixture targets (a registry) and trained checkpoints (of a toy
+distribution, or of an image data set: then the reference sets are held-out images and the
+noise floor is real vs real between the training and the held-out split)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..analytic import GaussianMixture
-from ..data import DATASETS, sample_toy
+from ..data import DATASETS, ImageSource, load_dataset, sample_toy
 from ..models import ScoreModel
 from ..sdes import SDE, VPSDE
 from ..training.checkpoint import load_checkpoint, load_model
@@ -24,13 +26,21 @@ __all__ = ["Target", "BUILTIN_TARGETS", "register_target", "builtin_target", "ch
 @dataclass
 class Target:
     """What the samplers are compared on: a model, a way to draw target samples, and the
-    exact mixture when the density is known."""
+    exact mixture when the density is known.
+
+    `sample(n, generator)` draws the reference sets. `floor_sample` (optional, same
+    signature) draws the first set of each noise-floor pair, the second coming from
+    `sample`; by default both come from `sample` (independent exact sets). A fixed data set
+    sets it to other real images than the reference's (its training split), so that the
+    floor is real vs real between disjoint sets, as model samples vs reference images are.
+    """
 
     name: str
     model: ScoreModel
     sample: Callable[[int, torch.Generator], Tensor]
     exact: GaussianMixture | None = None
     description: str = ""
+    floor_sample: Callable[[int, torch.Generator], Tensor] | None = None
 
 
 def _mixture(k: int, d: int, seed: int) -> GaussianMixture:
@@ -71,14 +81,30 @@ def builtin_target(name: str = "eight_gaussians", sde: SDE | None = None) -> Tar
 
 
 def checkpoint_target(path: str | os.PathLike, data: str | None = None) -> Target:
-    """A trained model from a checkpoint, compared with its toy data set (``data``, default:
-    the one recorded in the checkpoint). For ``eight_gaussians`` the exact density is known."""
+    """A trained model from a checkpoint, compared with its data set (``data``, default: the
+    one recorded in the checkpoint).
+
+    For a toy distribution the reference sets are fresh samples of it (for
+    ``eight_gaussians`` the exact density is known). For a fixed image data set (an
+    `ImageSource`, e.g. ``"digits"``) they are drawn from its **held-out** split, without
+    replacement (a size up to the split's), in the scaling the checkpoint records
+    (``meta["scaling"]``, default ``"[-1,1]"``), and the noise floor pairs a draw from the
+    **training** split with one from the held-out split (`Target.floor_sample`)."""
     model = load_model(path)
     meta = load_checkpoint(path).get("meta", {})
     data = data or meta.get("data")
     if data not in DATASETS:
         raise ValueError(f"checkpoint {str(path)!r} records no known toy data set (got {data!r}); "
                          f"pass one of {list(DATASETS)}")
+    if isinstance(DATASETS[data], ImageSource):
+        scaling = meta.get("scaling", "[-1,1]")
+        train = load_dataset(data, "train", scaling=scaling)
+        test = load_dataset(data, "test", scaling=scaling)
+        return Target(name=f"{Path(path).name}:{data}", model=model,
+                      sample=lambda n, g: test.sample(n, g),
+                      floor_sample=lambda n, g: train.sample(n, g),
+                      description=f"trained model {str(path)!r} vs held-out {data} images "
+                                  f"({len(test)}; noise floor: training vs held-out images)")
     exact = GaussianMixture.eight_gaussians() if data == "eight_gaussians" else None
     return Target(name=f"{Path(path).name}:{data}", model=model,
                   sample=lambda n, g: sample_toy(data, n, generator=g), exact=exact,
