@@ -55,7 +55,8 @@ dependencies, its ``sampling`` module loaded alone). One command sets it up and 
 
 It writes ``benchmarks/results/peers.md``, ``benchmarks/results/peers.png`` and the section
 between ``<!-- BEGIN peers -->`` and ``<!-- END peers -->`` of ``docs/solvers.md``
-(``--no-docs`` to skip that). One thread, niced; about an hour on a shared 2-core machine.
+(``--no-docs`` to skip that). One thread, niced: about 75 minutes on a busy shared 2-core machine,
+two thirds of it the stochastic runs (``--sde-sdes`` with no SDE skips them).
 """
 
 from __future__ import annotations
@@ -787,6 +788,23 @@ def full_table(table: dict, meta: dict, budgets: tuple[int, ...]) -> list[str]:
     return lines
 
 
+def headline(name: str, cells: list[tuple[float, str]]) -> str:
+    """One sentence: in how many (problem, budget) cells a ratio ours/peer is < 0.95, within 5%,
+    > 1.05, its median, and the losses."""
+    if not cells:
+        return ""
+    r = sorted(c[0] for c in cells)
+    med = r[len(r) // 2] if len(r) % 2 else math.sqrt(r[len(r) // 2 - 1] * r[len(r) // 2])
+    win = sum(c[0] < 0.95 for c in cells)
+    lose = [c for c in cells if c[0] > 1.05]
+    tie = len(cells) - win - len(lose)
+    s = (f"- {name}: more accurate than the best peer in {win} of {len(cells)} (problem, budget) cells, "
+         f"within 5% in {tie}, less accurate in {len(lose)}; median ratio {med:.2f}")
+    if lose:
+        s += " (behind: " + ", ".join(f"{w} ×{q:.2f}" for q, w in lose) + ")"
+    return s + "."
+
+
 def provenance(args: list[str]) -> str:
     import diffusers
     shown, skip = [], False
@@ -809,6 +827,7 @@ def provenance(args: list[str]) -> str:
 
 def plot(res: Results, labels: list[str], path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -833,10 +852,13 @@ def plot(res: Results, labels: list[str], path: Path) -> None:
                     pts.append((b[1].nfe, b[1].err))
             if pts:
                 color, marker, ls = styles[name]
+                wide = name.startswith("best peer")  # drawn wide and pale: the best of the two below
                 ax.plot([q[0] for q in pts], [q[1] for q in pts], color=color, marker=marker, ls=ls,
-                        label=name)
+                        label=name, lw=5 if wide else 1.5, alpha=0.3 if wide else 1.0,
+                        zorder=1 if wide else 2)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xticks(BUDGETS)
         ax.set_xticklabels([str(k) for k in BUDGETS])
         ax.set_title(lab)
@@ -901,7 +923,9 @@ def report(res: Results, args: argparse.Namespace, argv: list[str], problems: li
             "`_lms`, `_dpmpp_2m`; Karras, exponential, polyexponential and VP sigmas), run on our "
             "exact targets. " + PROTOCOL.format(n=args.n), "",
             "Error of our best configuration / error of the best peer configuration, per budget "
-            "(< 1: ours is more accurate):", ""]
+            "(< 1: ours is more accurate); in parentheses the same for the best of our solvers "
+            "with their default options and grid:", ""]
+    tally: dict[str, list[tuple[float, str]]] = {"ours": [], "ours_default": [], "ours_peer_grid": []}
     head = "| target, SDE | " + " | ".join(f"NFE {k}" for k in BUDGETS) + " |"
     docs += [head, "| --- |" + " ---: |" * len(BUDGETS)]
     for lab in problems:
@@ -918,14 +942,17 @@ def report(res: Results, args: argparse.Namespace, argv: list[str], problems: li
         md += [*summary_table(table, res.meta, BUDGETS, "error"), ""]
         md += [f"<details><summary>Every configuration, {lab}</summary>", "",
                *full_table(table, res.meta, BUDGETS), "", "</details>", ""]
-        cells = []
-        for r in summary_rows(table, res.meta, BUDGETS):
-            if r["ours"] and r["peer"]:
-                cells.append(f"{r['ours'][1].err / r['peer'][1].err:.2f}")
-            else:
-                cells.append("—")
+        rows = summary_rows(table, res.meta, BUDGETS)
+        cells = [f"{ratio(r['ours'], r['peer'])} ({ratio(r['ours_default'], r['peer'])})" for r in rows]
         docs.append(f"| {lab} | " + " | ".join(cells) + " |")
-    docs += ["", "Winning configurations (best of ours; best peer):", ""]
+        for key in tally:
+            for r in rows:
+                if r[key] and r["peer"]:
+                    tally[key].append((r[key][1].err / r["peer"][1].err, f"{lab}, NFE {r['k']}"))
+    docs += ["", *(headline(name, tally[key]) for key, name in
+                   (("ours", "Our best configuration"), ("ours_default", "Our best default configuration"),
+                    ("ours_peer_grid", "Our best configuration on a peer's grid (not quadratic)"))),
+             "", "Winning configurations (best of ours; best peer):", ""]
     for lab in problems:
         rows = summary_rows(res.errors[lab], res.meta, BUDGETS)
         docs.append(f"- {lab}: " + "; ".join(
@@ -943,8 +970,8 @@ def report(res: Results, args: argparse.Namespace, argv: list[str], problems: li
         docs += ["", f"Stochastic samplers: sliced W2 of {args.n_sde} samples against exact ones "
                  "(best of ours / best of k-diffusion's SDE samplers; floor = two exact sample "
                  "sets):", "",
-                 "| target, SDE | floor | " + " | ".join(f"NFE {k}" for k in SDE_BUDGETS) + " |",
-                 "| --- | ---: |" + " ---: |" * len(SDE_BUDGETS)]
+                 "| target, SDE | floor | perfect | " + " | ".join(f"NFE {k}" for k in SDE_BUDGETS) + " |",
+                 "| --- | ---: | ---: |" + " ---: |" * len(SDE_BUDGETS)]
         for lab in sde_problems:
             table = res.errors[lab + " (SDE)"]
             info = res.info[lab]
@@ -958,7 +985,8 @@ def report(res: Results, args: argparse.Namespace, argv: list[str], problems: li
             for r in summary_rows(table, res.meta, SDE_BUDGETS):
                 cells.append(f"{r['ours'][1].err:.1e} / {r['peer'][1].err:.1e}" if r["ours"] and r["peer"]
                              else "—")
-            docs.append(f"| {lab} | {info['sw2_floor']:.1e} | " + " | ".join(cells) + " |")
+            docs.append(f"| {lab} | {info['sw2_floor']:.1e} ± {info['sw2_floor_std']:.0e} | "
+                        f"{info['sw2_perfect']:.1e} | " + " | ".join(cells) + " |")
     prov = provenance(argv)
     md += [prov, ""]
     docs += ["", "Full tables (every configuration, standard errors, the stochastic winners) and the "
