@@ -17,11 +17,11 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 __all__ = ["RunLock", "LockedError", "atomic_folder", "check_output_folder", "default_mode",
-           "remove_orphans", "write_text_atomic"]
+           "remove_orphans", "write_atomic", "write_text_atomic"]
 
 
 def default_mode(folder: bool = False) -> int:
@@ -33,13 +33,21 @@ def default_mode(folder: bool = False) -> int:
     return (0o777 if folder else 0o666) & ~mask
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to `path` through a temporary file in the same folder and a rename."""
+def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
+                 keep_suffix: bool = True) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside `path`, then rename it over `path`: a
+    reader sees the old file or the new one, never a partial one, and a failed `write`
+    leaves the old file and no temporary behind. With `keep_suffix` the temporary has
+    `path`'s suffix (writers that pick the format from the name still do) and the folder
+    is created; otherwise it is ``<name>.<random>.tmp`` in an existing folder."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    if keep_suffix:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    prefix, suffix = (f".{path.stem}.", path.suffix) if keep_suffix else (path.name + ".", ".tmp")
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        write(tmp)
         os.chmod(tmp, default_mode())
         os.replace(tmp, path)
     except BaseException:
@@ -47,6 +55,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` through a temporary file in the same folder and a rename."""
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text), keep_suffix=False)
 
 
 def check_output_folder(path: str | os.PathLike, overwrite: bool, what: str = "output folder"

@@ -9,9 +9,7 @@ so importing scoresde neither picks a backend nor disturbs a notebook's inline p
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from ..files import default_mode
+from ..files import write_atomic
 from ..validation import check_int, check_positive, check_real
 
 __all__ = ["plot_losses", "plot_score_fields", "plot_error_vs_nfe", "plot_sample_grid",
@@ -280,24 +278,6 @@ def _to_uint8(grid: torch.Tensor) -> np.ndarray:
     return a[0] if a.shape[0] == 1 else np.ascontiguousarray(a.transpose(1, 2, 0))
 
 
-def _write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside `path` (same suffix, so writers that
-    pick the format from the name still do), then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def save_image_grid(x: torch.Tensor, path: str | os.PathLike, nrow: int | None = None,
                     padding: int = 1, value_range: tuple[float, float] | None = (-1.0, 1.0), *,
                     pad_value: float = 1.0, scale: int = 1) -> Path:
@@ -315,7 +295,7 @@ def save_image_grid(x: torch.Tensor, path: str | os.PathLike, nrow: int | None =
     if scale > 1:
         grid = grid.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
     img = Image.fromarray(_to_uint8(grid))
-    return _write_atomic(path, lambda tmp: img.save(tmp, format="PNG"))
+    return write_atomic(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
 def save_trajectory_gif(trajectory: torch.Tensor, times: torch.Tensor, path: str | os.PathLike,
@@ -383,7 +363,7 @@ def save_trajectory_gif(trajectory: torch.Tensor, times: torch.Tensor, path: str
                 title.set_text(label)
                 writer.grab_frame()
 
-    return _write_atomic(path, write)
+    return write_atomic(path, write)
 
 
 def plot_image_sample_grid(samples: dict[tuple[str, int], torch.Tensor], rows: Sequence[str],
