@@ -377,13 +377,7 @@ def cmd_likelihood(a: argparse.Namespace) -> int:
                                        seed=a.seed)
     except SamplingError as e:
         raise UsageError(f"the likelihood solve failed: {e}") from None
-    with folder as work:
-        (work / "likelihood.md").write_text(f"# Likelihood of held-out {data}\n\n"
-                                            f"`{_command()}`\n\n{table}\n")
-        (work / "likelihood.json").write_text(json.dumps(vals, indent=2))
-    print(table)
-    print(f"\ntable: {out / 'likelihood.md'}")
-    return 0
+    return _write_likelihood(folder, out, f"Likelihood of held-out {data}", table, vals)
 
 
 def _likelihood_images(a: argparse.Namespace, model: Any, info: dict[str, Any]) -> int:
@@ -402,12 +396,18 @@ def _likelihood_images(a: argparse.Namespace, model: Any, info: dict[str, Any]) 
                                        progress=not a.no_progress)
     except SamplingError as e:
         raise UsageError(f"the likelihood solve failed: {e}") from None
+    return _write_likelihood(folder, Path(a.out), f"Bits/dim of held-out {info['data']}", table,
+                             vals)
+
+
+def _write_likelihood(folder: Any, out: Path, title: str, table: str, vals: Any) -> int:
+    """Write likelihood.md (title, command, table) and likelihood.json into the result
+    folder (atomically, on leaving `folder`), then print the table."""
     with folder as work:
-        (work / "likelihood.md").write_text(f"# Bits/dim of held-out {info['data']}\n\n"
-                                            f"`{_command()}`\n\n{table}\n")
+        (work / "likelihood.md").write_text(f"# {title}\n\n`{_command()}`\n\n{table}\n")
         (work / "likelihood.json").write_text(json.dumps(vals, indent=2))
     print(table)
-    print(f"\ntable: {Path(a.out) / 'likelihood.md'}")
+    print(f"\ntable: {out / 'likelihood.md'}")
     return 0
 
 
