@@ -92,6 +92,16 @@ def import_user_modules(names: Sequence[str]) -> None:
             raise UsageError(f"--import {name!r} failed: {type(e).__name__}: {e}") from None
 
 
+def _ranks() -> tuple[int, int]:
+    """``(rank, world size)``, joining torchrun's process group first when ``WORLD_SIZE > 1``
+    (``torchrun --nproc-per-node N -m scoresde sample ...``): every rank runs the command,
+    the work is sharded, and rank 0 alone writes and prints."""
+    from .evaluation.sharding import init_from_environment, rank_and_world
+
+    init_from_environment()
+    return rank_and_world()
+
+
 # ----- compare ---------------------------------------------------------------------------
 def cmd_compare(a: argparse.Namespace) -> int:
     from .evaluation.compare import DEFAULT_BUDGETS, builtin_target, checkpoint_target, compare
@@ -102,12 +112,15 @@ def cmd_compare(a: argparse.Namespace) -> int:
         target = builtin_target(a.target, _sde(a.sde))
     budgets = a.nfe or list(DEFAULT_BUDGETS)
     _result_folder(a.out, a.overwrite)            # refuse a non-empty --out before any work
+    rank, _ = _ranks()
     comp = compare(target, a.solvers, budgets, n=a.n, replicates=a.replicates,
                    budget_mode=a.budget_mode.replace("-", "_"), grids=a.grids, seed=a.seed,
                    t_end=a.t_end, out_dir=a.out, floor_repeats=a.floor_repeats,
                    pathwise=not a.no_pathwise, reference_tol=a.reference_tol,
                    dtype=getattr(torch, a.dtype), progress=not a.no_progress,
-                   command=_command(), overwrite=a.overwrite)
+                   command=_command(), overwrite=a.overwrite, shard=True)
+    if rank != 0:
+        return 0
     out = Path(a.out)
     print(f"\nsliced W2 / noise floor ({target.name}; 1.00 = as close as exact samples):\n")
     print(comp.headline("sw2"))
@@ -185,7 +198,9 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
     from . import load_checkpoint, load_model, sample
     from .evaluation.plots import plot_samples
+    from .evaluation.sharding import sample_sharded
     from .evaluation.specs import SolverSpec
+    from .samplers import SeedError
 
     model = load_model(a.checkpoint)
     meta = load_checkpoint(a.checkpoint).get("meta", {})
@@ -202,13 +217,28 @@ def cmd_sample(a: argparse.Namespace) -> int:
         if not 0 <= a.class_label < k:
             raise UsageError(f"--class {a.class_label} is outside the network's classes 0..{k - 1}")
         cond = {"y": torch.full((a.n,), a.class_label, dtype=torch.long, device=model.device)}
-    g = torch.Generator().manual_seed(a.seed)
-    res = sample(model, (a.n, *event_shape), solver=spec.make(), nfe=None if spec.adaptive else a.nfe,
-                 generator=g, grid=spec.grid, progress=not a.no_progress, cond=cond)
+    if a.batch_size < 1:
+        raise UsageError(f"--batch-size must be a positive integer, got {a.batch_size}")
+    rank, world = _ranks()
+    nfe = None if spec.adaptive else a.nfe
+    noise = "per-sample"        # sample i from (seed, i): the same on any number of processes
+    try:
+        res = sample_sharded(model, (a.n, *event_shape), spec.make(), nfe, seed=a.seed,
+                             batch_size=a.batch_size, grid=spec.grid, cond=cond,
+                             progress=not a.no_progress)
+    except SeedError as e:      # a solver with one noise path per batch (torchsde)
+        if world > 1:
+            raise UsageError(f"{e}; under torchrun every sample needs noise of its own") from None
+        noise = "generator"
+        res = sample(model, (a.n, *event_shape), solver=spec.make(), nfe=nfe,
+                     generator=torch.Generator().manual_seed(a.seed), grid=spec.grid,
+                     progress=not a.no_progress, cond=cond)
+    if rank != 0:
+        return 0
     x = res.x.cpu()
     with folder as work:
         np.savez(work / "samples.npz", x=x.numpy(), nfe=res.nfe, solver=spec.label, seed=a.seed,
-                 command=_command(), **({"label": a.class_label} if cond else {}))
+                 noise=noise, command=_command(), **({"label": a.class_label} if cond else {}))
         plot_samples(x, work / "samples.png", title=f"{spec.label}, NFE {res.nfe}")
     print(f"{a.n} samples with {spec.label} (NFE {res.nfe}): {out / 'samples.npz'}, "
           f"{out / 'samples.png'}")
@@ -220,15 +250,23 @@ def likelihood_table(model: Any, x: torch.Tensor, exact: Any = None, *, progress
                      rtol: float = 1e-5, atol: float = 1e-5, divergence: str = "exact",
                      variable: str | None = None, norm: str = "per_sample",
                      bound: int | None = None,
-                     seed: int = 0) -> tuple[str, dict[str, Any]]:
+                     seed: int = 0, batch_size: int | None = None) -> tuple[str, dict[str, Any]]:
     """Markdown table of NLL (nats) and bits/dim through the PF-ODE, with the variational
     bound (`bound` Monte Carlo draws per point, one batched forward each) and the exact
-    values when the density is known."""
+    values when the density is known. With `batch_size`, the PF-ODE solve runs in batches
+    of that many points sharded over the ranks of a process group, with per-sample probes
+    (`log_likelihood_sharded`); the bound runs on every rank."""
     from . import bits_per_dim, log_likelihood, variational_bound
+    from .evaluation.sharding import log_likelihood_sharded
 
-    res = log_likelihood(model, x, divergence=divergence, rtol=rtol, atol=atol,
-                         variable=variable, norm=norm, progress=progress,
-                         generator=torch.Generator().manual_seed(seed))
+    if batch_size is None:
+        res = log_likelihood(model, x, divergence=divergence, rtol=rtol, atol=atol,
+                             variable=variable, norm=norm, progress=progress,
+                             generator=torch.Generator().manual_seed(seed))
+    else:
+        res = log_likelihood_sharded(model, x, seed=seed, batch_size=batch_size,
+                                     progress=progress, divergence=divergence, rtol=rtol,
+                                     atol=atol, variable=variable, norm=norm)
     d = x[0].numel()
     nll = float(-res.logp.mean())
     se = float(res.logp.std() / math.sqrt(x.shape[0]))
@@ -270,17 +308,22 @@ def cmd_likelihood(a: argparse.Namespace) -> int:
                          f"with one of {list(DATASETS)}")
     if a.bound is not None and a.bound < 1:
         raise UsageError(f"--variational-bound needs N >= 1 draws per point, got {a.bound}")
+    if a.batch_size < 1:
+        raise UsageError(f"--batch-size must be a positive integer, got {a.batch_size}")
     x = sample_toy(data, a.n, generator=torch.Generator().manual_seed(a.seed + 10_000))
     exact = GaussianMixture.eight_gaussians() if data == "eight_gaussians" else None
     folder = _result_folder(a.out, a.overwrite)
     out = Path(a.out)
+    rank, _ = _ranks()
     try:
-        table, vals = likelihood_table(model, x, exact, progress=not a.no_progress,
+        table, vals = likelihood_table(model, x, exact, progress=not a.no_progress and rank == 0,
                                        divergence=a.divergence, rtol=a.rtol, atol=a.atol,
                                        variable=a.variable, norm=a.norm, bound=a.bound,
-                                       seed=a.seed)
+                                       seed=a.seed, batch_size=a.batch_size)
     except SamplingError as e:
         raise UsageError(f"the likelihood solve failed: {e}") from None
+    if rank != 0:
+        return 0
     with folder as work:
         (work / "likelihood.md").write_text(f"# Likelihood of held-out {data}\n\n"
                                             f"`{_command()}`\n\n{table}\n")
@@ -394,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--grids", nargs="+", metavar="GRID", help="run every solver without its "
                    "own grid= on each of these time grids (uniform, quadratic, logsnr, karras, "
                    "...): a solver x grid table")
-    c.add_argument("--n", type=int, default=2000, help="samples per replicate")
+    _num_samples(c, 2000, "samples per replicate")
     c.add_argument("--replicates", type=int, default=5, help="independent replicates (fresh "
                    "x_T, solver noise and reference set each; >= 2): every number comes with "
                    "a 95%% confidence interval over them")
@@ -432,7 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--solver", default="euler_maruyama")
     s.add_argument("--nfe", type=int, default=100)
-    s.add_argument("--n", type=int, default=5000)
+    _num_samples(s, 5000, "samples to draw; sample i is a function of (--seed, i), the same "
+                 "on any number of processes (torchrun)")
+    s.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help="samples per batch (default %(default)s); under torchrun the batches "
+                        "are divided among the processes")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--class", dest="class_label", type=int, default=None, metavar="K",
                    help="sample class K of a class-conditional network (cond y=K); default: "
@@ -445,7 +492,10 @@ def build_parser() -> argparse.ArgumentParser:
     lk = sub.add_parser("likelihood", parents=[common], help="NLL / bits per dim of held-out data (PF-ODE)")
     lk.add_argument("--checkpoint", required=True)
     lk.add_argument("--data")
-    lk.add_argument("--n", type=int, default=1000)
+    _num_samples(lk, 1000, "held-out points")
+    lk.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                    help="points per adaptive solve (default %(default)s); under torchrun the "
+                         "batches are divided among the processes")
     lk.add_argument("--seed", type=int, default=0)
     lk.add_argument("--divergence", default="exact", help="exact | hutchinson")
     lk.add_argument("--rtol", type=float, default=1e-5)
@@ -469,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     d.add_argument("--steps", type=int, default=6000, help="training steps")
-    d.add_argument("--n", type=int, default=500, help="samples per replicate")
+    _num_samples(d, 500, "samples per replicate")
     d.add_argument("--replicates", type=int, default=5, help="replicates per comparison")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quick", action="store_true", help="a tiny run (for tests)")
@@ -477,6 +527,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
     return p
 
+
+def _num_samples(p: argparse.ArgumentParser, default: int, help: str) -> None:
+    """``--num-samples`` (``a.n``), and the old ``--n`` as a hidden alias: torchrun would take
+    ``--n`` for an abbreviation of its own flags."""
+    p.add_argument("--num-samples", dest="n", type=int, default=default,
+                   help=f"{help} (default %(default)s)")
+    p.add_argument("--n", dest="n", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+#: rows per batch of `sample` and `likelihood` (`scoresde.evaluation.sharding`)
+DEFAULT_BATCH_SIZE = 1000
 
 _OVERWRITE_HELP = ("replace a non-empty --out folder (train: an existing model.pt), once the new "
                    "run has finished; without it such a folder is refused")
