@@ -300,10 +300,7 @@ WORKER = textwrap.dedent('''
         run_on_every_rank(fail)
     except ValueError as e:
         res["agreed_error"] = str(e)
-    if rank == 0:
-        torch.save(res, os.path.join(out, "res.pt"))
-    else:
-        assert not os.path.exists(os.path.join(out, "res.pt"))
+    torch.save(res, os.path.join(out, f"res{rank}.pt"))
 ''')
 
 
@@ -332,7 +329,11 @@ def test_two_processes_equal_one_bit_for_bit(tmp_path):
                            "--nproc-per-node", "2", str(script), str(tmp_path)],
                           env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    got = torch.load(tmp_path / "res.pt", weights_only=False)
+    got = torch.load(tmp_path / "res0.pt", weights_only=False)
+    other = torch.load(tmp_path / "res1.pt", weights_only=False)      # every rank gets it all
+    assert all(torch.equal(got[k], other[k]) for k in ("ddim", "em", "sde", "pc", "logp"))
+    assert json.dumps(other["rows"]) == json.dumps(got["rows"])
+    assert other["agreed_error"].startswith("only rank one")
     want, lik = _single_process(model)
     for name in ("ddim", "em", "sde", "pc"):
         assert torch.equal(got[name], want[name]), name

@@ -98,14 +98,16 @@ def gather_chunks(local: Tensor, n: int, batch_size: int) -> Tensor:
     return torch.cat(parts)
 
 
-_SHARED = (SamplingError, ValueError, TypeError)
+#: error types another rank re-raises as such (the command line reports them in one line)
+_SHARED = (SamplingError, ValueError, TypeError, OSError)
 
 
 def run_on_every_rank(fn: Callable[[], R]) -> R:
     """Run ``fn()`` here, then tell every rank whether it failed anywhere (one small
     all-reduce): a failing rank raises its own error, the others the same type
-    (`SamplingError`, `ValueError`, `TypeError`; else `RuntimeError`) naming the rank, so
-    no rank waits forever in the next collective. In one process, just ``fn()``."""
+    (`SamplingError`, `ValueError`, `TypeError`, `OSError` or a subclass: that class; else
+    `RuntimeError`) naming the rank, so no rank waits forever in the next collective. In one
+    process, just ``fn()``."""
     _, world = rank_and_world()
     if world == 1:
         return fn()
@@ -123,7 +125,8 @@ def run_on_every_rank(fn: Callable[[], R]) -> R:
     if float(flag) == 0:
         return out  # type: ignore[return-value]
     reports: list[Any] = [None] * world
-    msg = None if err is None else (type(err).__name__, str(err).splitlines()[0] if str(err)
+    shared = next((c.__name__ for c in _SHARED if isinstance(err, c)), "RuntimeError")
+    msg = None if err is None else (shared, str(err).splitlines()[0] if str(err)
                                     else type(err).__name__)
     dist.all_gather_object(reports, msg)
     if err is not None:
@@ -217,8 +220,9 @@ def sample_sharded(model: ScoreModel, shape: tuple[int, ...] | torch.Size,
         return out
 
     results = run_on_every_rank(run)
-    dtype = torch.get_default_dtype() if x_T is None else x_T.dtype
-    empty = torch.empty((0, *shape[1:]), dtype=dtype, device=model.device)
+    dtype, device = (torch.get_default_dtype(), model.device) if x_T is None else (x_T.dtype,
+                                                                                    x_T.device)
+    empty = torch.empty((0, *shape[1:]), dtype=dtype, device=device)
     x = gather_chunks(torch.cat([r.x for r in results]) if results else empty, n, batch_size)
     x0 = gather_chunks(torch.cat([r.x_T for r in results]) if results else empty, n, batch_size)
     used = _max_over_ranks(max((r.nfe for r in results), default=0), x.device)
