@@ -5,8 +5,8 @@ API. Importing the package loads the core only: matplotlib (plots and reports), 
 torchdiffeq are imported on first use.
 """
 
-from . import analytic, data, dynamics, evaluation, likelihood, nets, samplers, validation
-from .evaluation import compare, metrics
+from . import analytic, data, dynamics, evaluation, likelihood, nets, rng, samplers, validation
+from .evaluation import compare, log_likelihood_sharded, metrics, sample_sharded
 from .guidance import classifier_guidance, guidance
 from .inpaint import inpaint
 from .likelihood import (
@@ -78,4 +78,5 @@ __all__ = [
     "variational_bound", "BoundResult", "bits_per_dim", "uniform_dequantize",
     "dequantized_bits_per_dim", "BPDResult", "image_bits_per_dim", "level_centers", "quantize",
     "guidance", "classifier_guidance", "inpaint",
+    "rng", "sample_sharded", "log_likelihood_sharded",
 ]

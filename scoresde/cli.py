@@ -97,6 +97,17 @@ def import_user_modules(names: Sequence[str]) -> None:
             raise UsageError(f"--import {name!r} failed: {type(e).__name__}: {e}") from None
 
 
+def _ranks(device: Any = "cpu") -> tuple[int, int]:
+    """``(rank, world size)``, joining torchrun's process group first when ``WORLD_SIZE > 1``
+    (``torchrun --nproc-per-node N -m scoresde sample ...``): every rank runs the command,
+    the work is sharded, and rank 0 alone writes and prints. The group's backend suits
+    `device`, where the model's tensors live (gloo for the CPU, nccl for CUDA)."""
+    from .training.distributed import init, rank_and_world
+
+    init(device)
+    return rank_and_world()
+
+
 # ----- compare ---------------------------------------------------------------------------
 def _image_info(checkpoint: str, data: str | None = None) -> dict[str, Any] | None:
     """The checkpoint's image data set and quantization (`image_workflow.image_info`), or
@@ -121,12 +132,15 @@ def cmd_compare(a: argparse.Namespace) -> int:
         target = builtin_target(a.target, _sde(a.sde))
     budgets = a.nfe or list(DEFAULT_BUDGETS)
     _result_folder(a.out, a.overwrite)            # refuse a non-empty --out before any work
+    rank, _ = _ranks(target.model.device)
     comp = compare(target, a.solvers, budgets, n=2000 if a.n is None else a.n, replicates=a.replicates,
                    budget_mode=a.budget_mode.replace("-", "_"), grids=a.grids, seed=a.seed,
                    t_end=a.t_end, out_dir=a.out, floor_repeats=a.floor_repeats,
                    pathwise=not a.no_pathwise, reference_tol=a.reference_tol,
                    dtype=getattr(torch, a.dtype), progress=not a.no_progress,
-                   command=_command(), overwrite=a.overwrite)
+                   command=_command(), overwrite=a.overwrite, shard=True)
+    if rank != 0:
+        return 0
     out = Path(a.out)
     print(f"\nsliced W2 / noise floor ({target.name}; 1.00 = as close as exact samples):\n")
     print(comp.headline("sw2"))
@@ -143,6 +157,7 @@ def _compare_images(a: argparse.Namespace) -> int:
     from .image_workflow import IMAGE_BUDGETS, compare_images
 
     _result_folder(a.out, a.overwrite)            # refuse a non-empty --out before any work
+    rank, _ = _ranks()
     comp, accuracy = compare_images(
         a.checkpoint, a.solvers, a.nfe or list(IMAGE_BUDGETS), data=a.data, n=a.n,
         cache_dir=a.features_cache, classifier_steps=a.classifier_steps,
@@ -150,7 +165,9 @@ def _compare_images(a: argparse.Namespace) -> int:
         budget_mode=a.budget_mode.replace("-", "_"), grids=a.grids, seed=a.seed, t_end=a.t_end,
         out_dir=a.out, floor_repeats=a.floor_repeats, pathwise=not a.no_pathwise,
         reference_tol=_or(a.reference_tol, 1e-4), dtype=getattr(torch, a.dtype),
-        progress=not a.no_progress, command=_command(), overwrite=a.overwrite)
+        progress=not a.no_progress, command=_command(), overwrite=a.overwrite, shard=True)
+    if rank != 0:
+        return 0
     print(f"\nFréchet distance in classifier features / real-vs-real floor ({comp.config['target']}; "
           f"classifier accuracy {accuracy:.3f}; not Inception FID):\n")
     print(comp.headline("fd"))
@@ -254,7 +271,9 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
     from . import load_checkpoint, load_model, sample
     from .evaluation.plots import plot_samples
+    from .evaluation.sharding import sample_sharded
     from .evaluation.specs import SolverSpec
+    from .samplers import SeedError
 
     model = load_model(a.checkpoint)
     meta = load_checkpoint(a.checkpoint).get("meta", {})
@@ -277,13 +296,28 @@ def cmd_sample(a: argparse.Namespace) -> int:
         if not 0 <= a.class_label < k:
             raise UsageError(f"--class {a.class_label} is outside the network's classes 0..{k - 1}")
         cond = {"y": torch.full((a.n,), a.class_label, dtype=torch.long, device=model.device)}
-    g = torch.Generator().manual_seed(a.seed)
-    res = sample(model, (a.n, *event_shape), solver=spec.make(), nfe=None if spec.adaptive else a.nfe,
-                 generator=g, grid=spec.grid, progress=not a.no_progress, cond=cond)
+    if a.batch_size < 1:
+        raise UsageError(f"--batch-size must be a positive integer, got {a.batch_size}")
+    rank, world = _ranks(model.device)
+    nfe = None if spec.adaptive else a.nfe
+    noise = "per-sample"        # sample i from (seed, i): the same on any number of processes
+    try:
+        res = sample_sharded(model, (a.n, *event_shape), spec.make(), nfe, seed=a.seed,
+                             batch_size=a.batch_size, grid=spec.grid, cond=cond,
+                             progress=not a.no_progress)
+    except SeedError as e:      # a solver with one noise path per batch (torchsde)
+        if world > 1:
+            raise UsageError(f"{e}; under torchrun every sample needs noise of its own") from None
+        noise = "generator"
+        res = sample(model, (a.n, *event_shape), solver=spec.make(), nfe=nfe,
+                     generator=torch.Generator().manual_seed(a.seed), grid=spec.grid,
+                     progress=not a.no_progress, cond=cond)
+    if rank != 0:
+        return 0
     x = res.x.cpu()
     with folder as work:
         np.savez(work / "samples.npz", x=x.numpy(), nfe=res.nfe, solver=spec.label, seed=a.seed,
-                 command=_command(), **({"label": a.class_label} if cond else {}))
+                 noise=noise, command=_command(), **({"label": a.class_label} if cond else {}))
         plot_samples(x, work / "samples.png", title=f"{spec.label}, NFE {res.nfe}")
     print(f"{a.n} samples with {spec.label} (NFE {res.nfe}): {out / 'samples.npz'}, "
           f"{out / 'samples.png'}")
@@ -291,17 +325,28 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
 
 def _sample_images(a: argparse.Namespace, model: Any, info: dict[str, Any]) -> int:
-    from .image_workflow import sample_images
+    from .evaluation.specs import SolverSpec
+    from .image_workflow import draw_images, write_images
 
     if a.n < 1:
-        raise UsageError(f"--n must be a positive integer, got {a.n}")
+        raise UsageError(f"--num-samples must be a positive integer, got {a.n}")
+    if a.batch_size < 1:
+        raise UsageError(f"--batch-size must be a positive integer, got {a.batch_size}")
     folder = _result_folder(a.out, a.overwrite)
+    rank, _ = _ranks(model.device)
+    try:
+        res, noise = draw_images(model, info, a.n, solver=a.solver, nfe=a.nfe, seed=a.seed,
+                                 batch_size=a.batch_size, progress=not a.no_progress and rank == 0)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if rank != 0:
+        return 0
     with folder as work:
-        got = sample_images(model, info, a.n, work, solver=a.solver, nfe=a.nfe, seed=a.seed,
-                            grid_png=a.grid_png, gif=a.gif, progress=not a.no_progress,
-                            command=_command())
-    names = ", ".join(str(Path(a.out) / p.name) for p in got["files"])
-    print(f"{a.n} {info['data']} samples with {got['solver']} (NFE {got['nfe']}): {names}")
+        files = write_images(model, info, res, work, solver=a.solver, seed=a.seed, noise=noise,
+                             grid_png=a.grid_png, gif=a.gif, command=_command())
+    names = ", ".join(str(Path(a.out) / p.name) for p in files)
+    label = SolverSpec.parse(a.solver).label
+    print(f"{a.n} {info['data']} samples with {label} (NFE {res.nfe}): {names}")
     return 0
 
 
@@ -310,15 +355,23 @@ def likelihood_table(model: Any, x: torch.Tensor, exact: Any = None, *, progress
                      rtol: float = 1e-5, atol: float = 1e-5, divergence: str = "exact",
                      variable: str | None = None, norm: str = "per_sample",
                      bound: int | None = None,
-                     seed: int = 0) -> tuple[str, dict[str, Any]]:
+                     seed: int = 0, batch_size: int | None = None) -> tuple[str, dict[str, Any]]:
     """Markdown table of NLL (nats) and bits/dim through the PF-ODE, with the variational
     bound (`bound` Monte Carlo draws per point, one batched forward each) and the exact
-    values when the density is known."""
+    values when the density is known. With `batch_size`, the PF-ODE solve runs in batches
+    of that many points sharded over the ranks of a process group, with per-sample probes
+    (`log_likelihood_sharded`); the bound runs on every rank."""
     from . import bits_per_dim, log_likelihood, variational_bound
+    from .evaluation.sharding import log_likelihood_sharded
 
-    res = log_likelihood(model, x, divergence=divergence, rtol=rtol, atol=atol,
-                         variable=variable, norm=norm, progress=progress,
-                         generator=torch.Generator().manual_seed(seed))
+    if batch_size is None:
+        res = log_likelihood(model, x, divergence=divergence, rtol=rtol, atol=atol,
+                             variable=variable, norm=norm, progress=progress,
+                             generator=torch.Generator().manual_seed(seed))
+    else:
+        res = log_likelihood_sharded(model, x, seed=seed, batch_size=batch_size,
+                                     progress=progress, divergence=divergence, rtol=rtol,
+                                     atol=atol, variable=variable, norm=norm)
     d = x[0].numel()
     nll = float(-res.logp.mean())
     se = float(res.logp.std() / math.sqrt(x.shape[0]))
@@ -357,26 +410,31 @@ def cmd_likelihood(a: argparse.Namespace) -> int:
     info = _image_info(a.checkpoint, a.data)
     if info is not None:
         return _likelihood_images(a, model, info)
-    if a.probes is not None or a.batch_size is not None:
-        raise UsageError("--probes and --batch-size are for image checkpoints (bits/dim of "
-                         "held-out images)")
+    if a.probes is not None:
+        raise UsageError("--probes is for image checkpoints (bits/dim of held-out images)")
+    a.batch_size = _or(a.batch_size, DEFAULT_BATCH_SIZE)
     data = a.data or load_checkpoint(a.checkpoint).get("meta", {}).get("data")
     if data not in DATASETS:
         raise UsageError(f"no known toy data set for {a.checkpoint!r} (got {data!r}); pass --data "
                          f"with one of {list(DATASETS)}")
     if a.bound is not None and a.bound < 1:
         raise UsageError(f"--variational-bound needs N >= 1 draws per point, got {a.bound}")
+    if a.batch_size < 1:
+        raise UsageError(f"--batch-size must be a positive integer, got {a.batch_size}")
     x = sample_toy(data, a.n, generator=torch.Generator().manual_seed(a.seed + 10_000))
     exact = GaussianMixture.eight_gaussians() if data == "eight_gaussians" else None
     folder = _result_folder(a.out, a.overwrite)
     out = Path(a.out)
+    rank, _ = _ranks(model.device)
     try:
-        table, vals = likelihood_table(model, x, exact, progress=not a.no_progress,
+        table, vals = likelihood_table(model, x, exact, progress=not a.no_progress and rank == 0,
                                        divergence=a.divergence or "exact", rtol=a.rtol, atol=a.atol,
                                        variable=a.variable, norm=a.norm, bound=a.bound,
-                                       seed=a.seed)
+                                       seed=a.seed, batch_size=a.batch_size)
     except SamplingError as e:
         raise UsageError(f"the likelihood solve failed: {e}") from None
+    if rank != 0:
+        return 0
     return _write_likelihood(folder, out, f"Likelihood of held-out {data}", table, vals)
 
 
@@ -388,14 +446,17 @@ def _likelihood_images(a: argparse.Namespace, model: Any, info: dict[str, Any]) 
         raise UsageError("--variational-bound is for 2-D toy models; image checkpoints report "
                          "bits/dim through the PF-ODE")
     folder = _result_folder(a.out, a.overwrite)
+    rank, _ = _ranks(model.device)
     try:
         table, vals = image_likelihood(model, info, n=a.n, n_probes=_or(a.probes, 1),
                                        batch_size=_or(a.batch_size, 64), seed=a.seed,
                                        divergence=a.divergence or "hutchinson", rtol=a.rtol,
                                        atol=a.atol, variable=a.variable, norm=a.norm,
-                                       progress=not a.no_progress)
+                                       progress=not a.no_progress and rank == 0)
     except SamplingError as e:
         raise UsageError(f"the likelihood solve failed: {e}") from None
+    if rank != 0:
+        return 0
     return _write_likelihood(folder, Path(a.out), f"Bits/dim of held-out {info['data']}", table,
                              vals)
 
@@ -549,8 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--grids", nargs="+", metavar="GRID", help="run every solver without its "
                    "own grid= on each of these time grids (uniform, quadratic, logsnr, karras, "
                    "...): a solver x grid table")
-    c.add_argument("--n", type=int, default=None, help="samples per replicate (default 2000; "
-                   "for an image checkpoint all held-out images, and at most that many)")
+    _num_samples(c, None, "samples per replicate (default 2000; for an image checkpoint all "
+                 "held-out images, and at most that many)")
     c.add_argument("--features-cache", default=None, metavar="DIR", help="image checkpoints: "
                    "folder of the cached feature classifier of FD/KID (default: features/ "
                    "next to the checkpoint)")
@@ -600,7 +661,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--solver", default="euler_maruyama")
     s.add_argument("--nfe", type=int, default=100)
-    s.add_argument("--n", type=int, default=5000)
+    _num_samples(s, 5000, "samples to draw; sample i is a function of (--seed, i), the same "
+                 "on any number of processes (torchrun)")
+    s.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help="samples per batch (default %(default)s); under torchrun the batches "
+                        "are divided among the processes")
     s.add_argument("--grid-png", action="store_true", help="image checkpoints: write "
                    "samples.png, a grid of the first 64 samples")
     s.add_argument("--gif", action="store_true", help="image checkpoints: write "
@@ -617,15 +682,16 @@ def build_parser() -> argparse.ArgumentParser:
     lk = sub.add_parser("likelihood", parents=[common], help="NLL / bits per dim of held-out data (PF-ODE)")
     lk.add_argument("--checkpoint", required=True)
     lk.add_argument("--data")
-    lk.add_argument("--n", type=int, default=1000, help="held-out points (image checkpoints: "
-                    "the first n held-out images, at most all)")
+    _num_samples(lk, 1000, "held-out points (image checkpoints: the first n held-out images, "
+                 "at most all)")
     lk.add_argument("--seed", type=int, default=0)
     lk.add_argument("--divergence", default=None, help="exact | hutchinson (default: exact; "
                     "image checkpoints hutchinson)")
     lk.add_argument("--probes", type=int, default=None, help="image checkpoints: Hutchinson "
                     "probes per image (default 1)")
-    lk.add_argument("--batch-size", type=int, default=None, help="image checkpoints: images "
-                    "per PF-ODE solve (default 64)")
+    lk.add_argument("--batch-size", type=int, default=None, help="points per adaptive solve "
+                    f"(default {DEFAULT_BATCH_SIZE}; image checkpoints: images per PF-ODE solve, "
+                    "default 64); under torchrun the batches are divided among the processes")
     lk.add_argument("--rtol", type=float, default=1e-5)
     lk.add_argument("--atol", type=float, default=1e-5)
     lk.add_argument("--variable", default=None,
@@ -651,8 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     d.add_argument("--steps", type=int, default=None, help="training steps (default 6000; "
                    f"{IMAGE_DEMO_STEPS} with --images)")
-    d.add_argument("--n", type=int, default=500, help="samples per replicate (the image demo "
-                   "uses all held-out digits)")
+    _num_samples(d, 500, "samples per replicate (the image demo uses all held-out digits)")
     d.add_argument("--replicates", type=int, default=None, help="replicates per comparison "
                    "(default 5; 3 with --images)")
     d.add_argument("--seed", type=int, default=0)
@@ -664,6 +729,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
     return p
 
+
+def _num_samples(p: argparse.ArgumentParser, default: int | None, help: str) -> None:
+    """``--num-samples`` (``a.n``), and the old ``--n`` as a hidden alias: torchrun would take
+    ``--n`` for an abbreviation of its own flags."""
+    p.add_argument("--num-samples", dest="n", type=int, default=default,
+                   help=help if default is None else f"{help} (default %(default)s)")
+    p.add_argument("--n", dest="n", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+#: rows per batch of `sample` and `likelihood` (`scoresde.evaluation.sharding`)
+DEFAULT_BATCH_SIZE = 1000
 
 _OVERWRITE_HELP = ("replace a non-empty --out folder (train: an existing model.pt), once the new "
                    "run has finished; without it such a folder is refused")

@@ -30,26 +30,31 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from .data import DATASETS, ImageDataset, ImageSource, load_dataset
 from .evaluation.compare import Comparison, checkpoint_target, compare
 from .evaluation.features import feature_classifier
 from .evaluation.metrics import Metric, feature_metric
+from .evaluation.sharding import DEFAULT_BATCH_SIZE, chunks_of_rank, gather_chunks, sample_sharded
 from .evaluation.specs import SolverSpec
 from .evaluation.targets import Target
 from .likelihood import image_bits_per_dim
 from .models import ScoreModel
 from .nets import UNet
-from .samplers import sample
+from .rng import splitmix64_reference
+from .samplers import SampleResult, SeedError, sample
 from .sdes import SDES, get_sde
 from .training import Trainer, load_checkpoint, load_model
+from .training.distributed import all_gather_object, rank_and_world, run_on_every_rank
 from .validation import check_choice, check_int
 
 Tensor = torch.Tensor
 
 __all__ = ["NETS_FOR_DATA", "IMAGE_BUDGETS", "DEMO_SOLVERS", "is_image_data", "image_data_sets",
            "choose_net", "image_info", "dequantized_source", "train_image_model",
-           "sample_images", "image_likelihood", "image_metrics", "image_target",
+           "draw_images", "write_images", "sample_images", "chunk_generator", "image_likelihood",
+           "image_metrics", "image_target",
            "compare_images", "run_image_demo", "parameter_count"]
 
 #: the network kinds the CLI's `train --net` builds, and the data they take
@@ -203,49 +208,93 @@ def _splits(info: dict[str, Any]) -> tuple[ImageDataset, ImageDataset]:
 
 
 # ----- sample --------------------------------------------------------------------------
-def sample_images(model: ScoreModel, info: dict[str, Any], n: int, folder: str | os.PathLike, *,
-                  solver: str = "dpm_solver", nfe: int | None = 50, seed: int = 0,
-                  grid_png: bool = True, gif: bool = False, gif_n: int = 36,
-                  progress: bool = False, command: str = "") -> dict[str, Any]:
-    """Sample `n` images of an image model and write into `folder`: ``samples.npz`` (``x`` in
-    the model's range, ``k`` the images rounded to the data's levels, ``nfe``, ``solver``,
-    ``seed``), with `grid_png` ``samples.png`` (the first 64, 4x enlarged), and with `gif`
-    ``reverse_process.gif``: the reverse process of `gif_n` further samples drawn from the
-    same `seed` (`sd.sample(..., trajectory=True)`, `save_trajectory_gif`: one frame per
-    step, at most 30, evenly spaced, the denoised sample last).
+def draw_images(model: ScoreModel, info: dict[str, Any], n: int, *, solver: str = "dpm_solver",
+                nfe: int | None = 50, seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
+                progress: bool = False) -> tuple[SampleResult, str]:
+    """`n` images of an image model, sample ``i`` a function of ``(seed, i)`` alone
+    (per-sample noise, [`sample_sharded`][scoresde.evaluation.sharding.sample_sharded]):
+    under torchrun the batches of `batch_size` are divided among the processes and every
+    rank gets all `n`, identical to one process's. A solver that draws one noise path for a
+    whole batch (``torchsde``, ``ggf``'s adaptive ``"brownian"`` solve) cannot do that: in one
+    process it falls back to a generator seeded with `seed`; under torchrun it is a
+    `ValueError`.
 
-    `solver` is a solver spec (``"ddim:eta=1.0"``, ``"pf_ode:adaptive=1"``); `nfe` is ignored
-    by an adaptive one. **Returns:** ``{"nfe", "solver", "files"}``."""
+    **Returns:** ``(result, noise)``, ``noise`` = ``"per-sample"`` or ``"generator"``."""
+    n = check_int("n", n, 1)
+    spec = SolverSpec.parse(solver)
+    shape = (n, *_splits(info)[1].event_shape)
+    nfe = None if spec.adaptive else nfe
+    try:
+        return sample_sharded(model, shape, spec.make(), nfe, seed=seed, batch_size=batch_size,
+                              grid=spec.grid, progress=progress), "per-sample"
+    except SeedError as e:
+        if rank_and_world()[1] > 1:
+            raise ValueError(f"{e}; under torchrun every sample needs noise of its own") from None
+    return sample(model, shape, solver=spec.make(), nfe=nfe, grid=spec.grid, progress=progress,
+                  generator=torch.Generator().manual_seed(seed)), "generator"
+
+
+def write_images(model: ScoreModel, info: dict[str, Any], res: SampleResult,
+                 folder: str | os.PathLike, *, solver: str = "dpm_solver", seed: int = 0,
+                 noise: str = "per-sample", grid_png: bool = True, gif: bool = False,
+                 gif_n: int = 36, command: str = "") -> list[Path]:
+    """Write images drawn by `draw_images` into `folder`: ``samples.npz`` (``x`` in the model's
+    range, ``k`` the images rounded to the data's levels, ``nfe``, ``solver``, ``seed``,
+    ``noise``), with `grid_png` ``samples.png`` (the first 64, 4x enlarged), and with `gif`
+    ``reverse_process.gif``: the reverse process of `gif_n` further samples drawn with a
+    generator seeded with `seed` (`sd.sample(..., trajectory=True)`, `save_trajectory_gif`:
+    one frame per step, at most 30, evenly spaced, the denoised sample last). The GIF's
+    samples are drawn here, in this process alone. **Returns:** the files written."""
     from .evaluation.plots import save_image_grid, save_trajectory_gif
 
-    n = check_int("n", n, 1)
     spec = SolverSpec.parse(solver)
     folder = Path(folder)
     ds = _splits(info)[1]
-    shape = (n, *ds.event_shape)
-    res = sample(model, shape, solver=spec.make(), nfe=None if spec.adaptive else nfe,
-                 generator=torch.Generator().manual_seed(seed), grid=spec.grid, progress=progress)
     x = res.x.detach().cpu()
     files = [folder / "samples.npz"]
     np.savez(files[0], x=x.numpy(), k=ds.to_levels(x).to(torch.int32).numpy(), nfe=res.nfe,
-             solver=spec.label, seed=seed, command=command)
+             solver=spec.label, seed=seed, noise=noise, command=command)
     vr = _range(info["scaling"])
     if grid_png:
         files.append(save_image_grid(x[:64], folder / "samples.png", nrow=8, value_range=vr,
                                      scale=4))
     if gif:
-        traj = sample(model, (check_int("gif_n", gif_n, 1), *shape[1:]), solver=spec.make(),
-                      nfe=None if spec.adaptive else nfe,
+        traj = sample(model, (check_int("gif_n", gif_n, 1), *ds.event_shape), solver=spec.make(),
+                      nfe=None if spec.adaptive else res.nfe,
                       generator=torch.Generator().manual_seed(seed), grid=spec.grid,
                       trajectory=True)
         files.append(save_trajectory_gif(traj.trajectory.cpu(), traj.times,
                                          folder / "reverse_process.gif", value_range=vr,
                                          nrow=math.ceil(math.sqrt(gif_n)), max_frames=30,
                                          size=3.0))
-    return {"nfe": res.nfe, "solver": spec.label, "files": files}
+    return files
+
+
+def sample_images(model: ScoreModel, info: dict[str, Any], n: int, folder: str | os.PathLike, *,
+                  solver: str = "dpm_solver", nfe: int | None = 50, seed: int = 0,
+                  grid_png: bool = True, gif: bool = False, gif_n: int = 36,
+                  batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False,
+                  command: str = "") -> dict[str, Any]:
+    """Sample `n` images (`draw_images`) and write them into `folder` (`write_images`), in one
+    process. `solver` is a solver spec (``"ddim:eta=1.0"``, ``"pf_ode:adaptive=1"``); `nfe`
+    is ignored by an adaptive one. **Returns:** ``{"nfe", "solver", "files", "noise"}``."""
+    res, noise = draw_images(model, info, n, solver=solver, nfe=nfe, seed=seed,
+                             batch_size=batch_size, progress=progress)
+    files = write_images(model, info, res, folder, solver=solver, seed=seed, noise=noise,
+                         grid_png=grid_png, gif=gif, gif_n=gif_n, command=command)
+    return {"nfe": res.nfe, "solver": SolverSpec.parse(solver).label, "files": files,
+            "noise": noise}
 
 
 # ----- likelihood ----------------------------------------------------------------------
+def chunk_generator(seed: int, chunk: int) -> torch.Generator:
+    """The generator of chunk `chunk` of a sharded computation seeded with `seed`: seeded with
+    SplitMix64 of ``(seed, chunk)`` (`scoresde.rng.splitmix64_reference`), so a chunk's random
+    numbers do not depend on which process computes it."""
+    mixed = splitmix64_reference(splitmix64_reference(int(seed)) ^ int(chunk))
+    return torch.Generator().manual_seed(mixed & 0x7FFF_FFFF_FFFF_FFFF)
+
+
 def image_likelihood(model: ScoreModel, info: dict[str, Any], *, n: int | None = None,
                      n_probes: int = 1, n_draws: int = 1, batch_size: int = 64, seed: int = 0,
                      divergence: str = "hutchinson", rtol: float = 1e-5, atol: float = 1e-5,
@@ -253,37 +302,61 @@ def image_likelihood(model: ScoreModel, info: dict[str, Any], *, n: int | None =
                      progress: bool = True) -> tuple[str, dict[str, Any]]:
     """Bits per dimension of the held-out images (the first `n`, default all) through the
     PF-ODE: `image_bits_per_dim` with `n_draws` uniform dequantizations and `n_probes`
-    Hutchinson probes per image (`divergence="exact"` for the exact trace), in batches of
-    `batch_size`, under a progress bar; the generator is seeded with `seed`.
+    Hutchinson probes per image (`divergence="exact"` for the exact trace), in chunks of
+    `batch_size` images, chunk ``k`` with the generator `chunk_generator(seed, k)`. Under
+    torchrun the chunks are divided among the processes (round robin) and the per-image
+    values gathered on every rank: the result is the same on any number of processes.
 
     **Returns:** ``(markdown table, values)`` with ``values`` = ``{"bpd", "bpd_se", "n",
     "levels", "scaling", "nfe", "seconds", ...}``: the mean over images and its standard
-    error, which covers the data, dequantization and probe noise together."""
+    error, which covers the data, dequantization and probe noise together; ``nfe`` summed
+    over all chunks."""
     test = _splits(info)[1]
     if n is not None:
         n = check_int("n", n, 1)
         test = test.subset(slice(0, min(n, len(test))))
+    batch_size = check_int("batch_size", batch_size, 1)
+    rank, world = rank_and_world()
+    mine = chunks_of_rank(len(test), batch_size, rank, world)
     t0 = time.perf_counter()
-    res = image_bits_per_dim(model, test, n_draws=n_draws, divergence=divergence,
-                             n_probes=n_probes, batch_size=batch_size,
-                             generator=torch.Generator().manual_seed(seed), progress=progress,
-                             rtol=rtol, atol=atol, variable=variable, norm=norm)
+
+    def run() -> tuple[list[Tensor], int]:
+        parts, nfe = [], 0
+        for a, b in tqdm(mine, disable=not (progress and rank == 0), desc="bits/dim",
+                         dynamic_ncols=True):
+            res = image_bits_per_dim(model, test.subset(slice(a, b)), n_draws=n_draws,
+                                     divergence=divergence, n_probes=n_probes,
+                                     batch_size=b - a, progress=False,
+                                     generator=chunk_generator(seed, a // batch_size),
+                                     rtol=rtol, atol=atol, variable=variable, norm=norm)
+            parts.append(res.bpd.detach().double())
+            nfe += res.nfe
+        return parts, nfe
+
+    parts, nfe = run_on_every_rank(run)
+    local = torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64,
+                                                       device=model.device)
+    bpd = gather_chunks(local, len(test), batch_size).double().cpu()
+    nfe = sum(all_gather_object(nfe))
     seconds = time.perf_counter() - t0
-    vals = {"bpd": res.mean, "bpd_se": res.mean_stderr, "n": len(test), "levels": test.levels,
+    mean = float(bpd.mean())
+    se = float(bpd.std() / math.sqrt(bpd.numel())) if bpd.numel() > 1 else float("nan")
+    vals = {"bpd": mean, "bpd_se": se, "n": len(test), "levels": test.levels,
             "scaling": test.scaling, "divergence": divergence, "n_probes": n_probes,
-            "n_draws": n_draws, "rtol": rtol, "atol": atol, "nfe": res.nfe, "seconds": seconds}
+            "n_draws": n_draws, "rtol": rtol, "atol": atol, "nfe": nfe, "seconds": seconds,
+            "processes": world}
     d = math.prod(test.event_shape)
     how = (f"{n_probes} Rademacher probe{'s' if n_probes > 1 else ''} per image (Hutchinson)"
            if divergence == "hutchinson" else "exact divergence")
     table = "\n".join([
         "| data | images | bits/dim | ± s.e. | NFE (all batches) |", "|---|---|---|---|---|",
-        f"| held-out {info['data']} | {len(test)} | {res.mean:.4f} | {res.mean_stderr:.4f} | "
-        f"{res.nfe} |", "",
+        f"| held-out {info['data']} | {len(test)} | {mean:.4f} | {se:.4f} | {nfe} |", "",
         f"(PF-ODE likelihood of uniformly dequantized images, {test.levels} levels per pixel, "
         f"scaling {test.scaling}, D = {d}; {n_draws} dequantization draw"
         f"{'s' if n_draws > 1 else ''} and {how}; rtol = {rtol}, atol = {atol}; the s.e. "
-        f"covers the images, the dequantization and the probes; {seconds:.0f} s. An upper "
-        "bound on the discrete model's bits/dim, by Jensen.)"])
+        f"covers the images, the dequantization and the probes; {seconds:.0f} s"
+        f"{f' on {world} processes' if world > 1 else ''}. An upper bound on the discrete "
+        "model's bits/dim, by Jensen.)"])
     return table, vals
 
 
@@ -355,8 +428,15 @@ def compare_images(checkpoint: str | os.PathLike, solvers: Sequence[str] | None 
         raise ValueError(f"n = {n} exceeds the {held_out} held-out images of {info['data']!r} "
                          "(reference sets are drawn from them without replacement)")
     cache = Path(cache_dir) if cache_dir is not None else Path(checkpoint).parent / "features"
-    metrics, accuracy = image_metrics(info, cache, n=n, steps=classifier_steps,
-                                      verbose=options.get("progress", True))
+    rank, world = rank_and_world() if options.get("shard") else (0, 1)
+
+    def features() -> tuple[list[Metric], float]:
+        return image_metrics(info, cache, n=n, steps=classifier_steps,
+                             verbose=options.get("progress", True) and rank == 0)
+
+    if world > 1:     # rank 0 trains (or loads) the cached classifier; then the others load it
+        run_on_every_rank(lambda: features() if rank == 0 else None)
+    metrics, accuracy = features()
     target = dataclasses.replace(target, description=(
         f"{target.description}; FD and KID in the features of a classifier trained on the "
         f"training split ({classifier_steps} steps, held-out accuracy {accuracy:.3f}, cached "

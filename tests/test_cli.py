@@ -132,14 +132,14 @@ def test_train_sample_likelihood_round_trip(tmp_path, capsys):
     ck = sd.load_checkpoint(tmp_path / "t" / "model.pt")
     assert ck["meta"]["data"] == "moons" and ck["step"] == 30
     code, out, _ = _run(["sample", "--checkpoint", str(tmp_path / "t" / "model.pt"), "--solver",
-                         "ddim", "--nfe", "6", "--n", "50", "--out", str(tmp_path / "s"),
+                         "ddim", "--nfe", "6", "--num-samples", "50", "--out", str(tmp_path / "s"),
                          "--no-progress"], capsys)
     assert code == 0
     import numpy as np
 
     z = np.load(tmp_path / "s" / "samples.npz")
     assert z["x"].shape == (50, 2) and int(z["nfe"]) == 6
-    code, out, _ = _run(["likelihood", "--checkpoint", str(tmp_path / "t" / "model.pt"), "--n",
+    code, out, _ = _run(["likelihood", "--checkpoint", str(tmp_path / "t" / "model.pt"), "--num-samples",
                          "20", "--rtol", "1e-3", "--atol", "1e-3", "--out", str(tmp_path / "l"),
                          "--no-progress"], capsys)
     assert code == 0 and "NLL" in out
@@ -149,7 +149,7 @@ def test_train_sample_likelihood_round_trip(tmp_path, capsys):
 
 def test_cli_compare_replicates_grids_and_budget_modes(tmp_path, capsys):
     argv = ["compare", "--target", "mixture2d", "--solvers", "ddim", "heun", "--nfe", "7",
-            "--grids", "uniform", "logsnr", "--n", "60", "--replicates", "2",
+            "--grids", "uniform", "logsnr", "--num-samples", "60", "--replicates", "2",
             "--floor-repeats", "2", "--no-progress", "--out", str(tmp_path / "a")]
     code, out, err = _run(argv, capsys)
     assert code == 0, err

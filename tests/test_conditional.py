@@ -509,7 +509,7 @@ def test_cli_sample_class(tmp_path, capsys, monkeypatch):
     gm, sde, model = _problem()
     monkeypatch.setattr(sd, "load_model", lambda path: model)
     monkeypatch.setattr(sd, "load_checkpoint", lambda path: {"meta": {"event_shape": [2]}})
-    argv = ["sample", "--checkpoint", "x.pt", "--n", "400", "--nfe", "51", "--solver", "ddim",
+    argv = ["sample", "--checkpoint", "x.pt", "--num-samples", "400", "--nfe", "51", "--solver", "ddim",
             "--out", str(tmp_path / "s"), "--no-progress"]
     assert cli.main(argv + ["--class", "2"]) == 0
     z = np.load(tmp_path / "s" / "samples.npz")

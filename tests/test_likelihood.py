@@ -431,7 +431,7 @@ def test_cli_likelihood_prints_the_variational_bound(tmp_path, capsys):
     trainer = sd.Trainer(sd.ScoreModel(net, sd.VPSDE()), progress=False,
                          meta={"data": "eight_gaussians"})
     trainer.save(tmp_path / "t" / "model.pt")  # an untrained network will do
-    code = cli.main(["likelihood", "--checkpoint", str(tmp_path / "t" / "model.pt"), "--n", "16",
+    code = cli.main(["likelihood", "--checkpoint", str(tmp_path / "t" / "model.pt"), "--num-samples", "16",
                      "--rtol", "1e-3", "--atol", "1e-3", "--bound", "32", "--variable", "edm",
                      "--out", str(tmp_path / "l"), "--no-progress"])
     out = capsys.readouterr().out
@@ -440,5 +440,5 @@ def test_cli_likelihood_prints_the_variational_bound(tmp_path, capsys):
 
     vals = json.loads((tmp_path / "l" / "likelihood.json").read_text())
     assert vals["bound_nfe"] == 1 and math.isfinite(vals["bound_nll"])
-    assert cli.main(["likelihood", "--checkpoint", str(tmp_path / "t" / "model.pt"), "--n", "4",
+    assert cli.main(["likelihood", "--checkpoint", str(tmp_path / "t" / "model.pt"), "--num-samples", "4",
                      "--norm", "max", "--out", str(tmp_path / "l2"), "--no-progress"]) == 2

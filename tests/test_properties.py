@@ -175,8 +175,9 @@ def test_metrics_fail_clearly_or_return_finite(n, d, m, nan_at, metric):
 
 
 argv_pieces = st.sampled_from([
-    ["--nfe", "1"], ["--nfe", "4"], ["--nfe", "x"], ["--nfe", "-3"], ["--n", "5"], ["--n", "-1"],
-    ["--n", "40"], ["--solvers", "ddim"], ["--solvers", "warp"], ["--solvers", "ddim:eta=7"],
+    ["--nfe", "1"], ["--nfe", "4"], ["--nfe", "x"], ["--nfe", "-3"], ["--num-samples", "5"],
+    ["--num-samples", "-1"], ["--num-samples", "40"], ["--solvers", "ddim"], ["--solvers", "warp"],
+    ["--solvers", "ddim:eta=7"],
     ["--solvers", "pf_ode:adaptive=1,rtol=0"], ["--sde", "ve"], ["--sde", "nope"],
     ["--target", "mixture5d"], ["--target", "nope"], ["--t-end", "2"], ["--t-end", "0.01"],
     ["--floor-repeats", "1"], ["--floor-repeats", "2"], ["--seed", "3"], ["--import", "nope_mod"],
@@ -188,8 +189,8 @@ argv_pieces = st.sampled_from([
 @given(pieces=st.lists(argv_pieces, min_size=0, max_size=5))
 def test_cli_compare_exits_0_or_2_with_one_line(tmp_path_factory, capsys, pieces):
     out = tmp_path_factory.mktemp("cli") / "out"
-    argv = ["compare", "--out", str(out), "--no-progress", "--n", "30", "--floor-repeats", "2",
-            "--solvers", "ddim", "euler_maruyama", "--nfe", "3", "6"]
+    argv = ["compare", "--out", str(out), "--no-progress", "--num-samples", "30",
+            "--floor-repeats", "2", "--solvers", "ddim", "euler_maruyama", "--nfe", "3", "6"]
     for p in pieces:
         argv += p
     with no_hang(120):

@@ -240,7 +240,7 @@ def test_cli_bad_checkpoints_and_folders_give_one_line(tmp_path, capsys, trained
         (tmp_path / "afile").write_text("x")
         out = tmp_path / "afile" / "sub"
     argv = [command, "--checkpoint", str(path), "--out", str(out), "--no-progress"]
-    argv += ["--nfe", "4", "--n", "10"] if command == "sample" else ["--n", "5"]
+    argv += ["--nfe", "4", "--num-samples", "10"] if command == "sample" else ["--num-samples", "5"]
     code, _, err = _run(argv, capsys)
     assert _one_line_error(code, err), err
 

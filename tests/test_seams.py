@@ -215,7 +215,7 @@ def test_user_network_and_sde_through_the_cli_with_import(tmp_path, user_module,
     sys.modules.pop("user_ext", None)
     sd.NETS.pop("tiny_user_net"), sd.SDES.pop("user_ou")
     out = tmp_path / "s"
-    args = ["sample", "--checkpoint", str(path), "--solver", "ddim", "--nfe", "4", "--n", "50",
+    args = ["sample", "--checkpoint", str(path), "--solver", "ddim", "--nfe", "4", "--num-samples", "50",
             "--out", str(out), "--no-progress"]
     assert cli.main(args) == 2                     # without --import: one-line error
     assert "unknown network 'TinyUserNet'" in capsys.readouterr().err
@@ -226,7 +226,7 @@ def test_user_network_and_sde_through_the_cli_with_import(tmp_path, user_module,
     assert cli.main([*args, "--overwrite", "--import", str(tmp_path / "user_ext.py")]) == 0  # a file
     # an SDE registered by the module is a valid --sde for the built-in targets
     assert cli.main(["compare", "--import", "user_ext", "--sde", "user_ou", "--solvers", "ddim",
-                     "--nfe", "4", "--n", "40", "--floor-repeats", "2", "--out",
+                     "--nfe", "4", "--num-samples", "40", "--floor-repeats", "2", "--out",
                      str(tmp_path / "c"), "--no-progress"]) == 0
     assert cli.main(["--import", "no_such_module_xyz", "sample", "--checkpoint", str(path)]) == 2
     assert "--import 'no_such_module_xyz' failed" in capsys.readouterr().err

@@ -73,6 +73,7 @@ from tqdm import tqdm
 from ..analytic import GaussianMixture
 from ..files import atomic_folder, check_output_folder
 from ..samplers import GRIDS, BudgetError, SamplingError, grid_label, sample
+from ..training.distributed import all_gather_object, rank_and_world, run_on_every_rank
 from ..validation import check_int, check_real
 from .metrics import METRICS, Metric, kernel_stein_discrepancy, mean_cov_errors, noise_floor
 from .report import versions, write_csv, write_json, write_report
@@ -457,7 +458,7 @@ def compare(target: Target, solvers: Sequence[str | SolverSpec] | None = None,
             dtype: torch.dtype = torch.float32, level: float = 0.95, progress: bool = True,
             trajectories: bool | Sequence[str] = True, overwrite: bool = False,
             command: str | None = None,
-            metrics: Sequence[str | Metric] | None = None) -> Comparison:
+            metrics: Sequence[str | Metric] | None = None, shard: bool = False) -> Comparison:
     """Run every solver at every budget, ``replicates`` times, and score the samples.
 
     **Arguments:**
@@ -492,6 +493,13 @@ def compare(target: Target, solvers: Sequence[str | SolverSpec] | None = None,
       ``feature_metric("fd", featurize, register=False)``); the first is the headline's.
       Default: every registered metric. Samples and reference sets reach them flattened,
       ``(n, prod(event_shape))``.
+    - ``shard``: under a `torch.distributed` process group (torchrun), divide the distinct
+      (solver, NFE) cells among the ranks (every rank must call `compare`); every rank gets
+      the same `Comparison`, identical to one process's (wall times aside), and only rank 0
+      writes ``out_dir`` and shows progress. The set-up -- reference sets, noise floors, the
+      pathwise reference solve -- runs on every rank (deterministic, from ``seed``).
+      ([`scoresde.evaluation.sharding`][scoresde.evaluation.sharding]; without a process
+      group it does nothing.)
 
     **Returns:** a `Comparison`.
     """
@@ -530,13 +538,17 @@ def compare(target: Target, solvers: Sequence[str | SolverSpec] | None = None,
         reference_tol = 1e-7 if dtype == torch.float64 else 1e-6
     reference_tol = check_real("reference_tol", reference_tol, low=0.0, low_open=True)
     t_end = target.model.sde.sample_eps if t_end is None else float(t_end)
+    rank = rank_and_world()[0] if shard else 0
     opts = dict(n=n, replicates=replicates, budget_mode=budget_mode, grids=grids, seed=seed,
                 t_end=t_end, floor_repeats=floor_repeats, pathwise=pathwise,
-                reference_tol=reference_tol, dtype=dtype, level=level, progress=progress,
-                trajectories=trajectories, command=command, metrics=chosen)
+                reference_tol=reference_tol, dtype=dtype, level=level,
+                progress=progress and rank == 0, trajectories=trajectories, command=command,
+                metrics=chosen, shard=shard)
     if out_dir is None:
         return _run(target, specs, budgets, None, **opts)
     dest = check_output_folder(out_dir, overwrite)   # before any work: refuse early
+    if rank != 0:                                    # under torchrun, rank 0 writes
+        return _run(target, specs, budgets, None, **opts)
     with atomic_folder(dest, overwrite=overwrite) as work:
         comp = _run(target, specs, budgets, work, **opts)
     comp.out_dir = dest
@@ -617,7 +629,7 @@ def _run(target: Target, specs: list[SolverSpec], budgets: list[int], out: Path 
          n: int, replicates: int, budget_mode: str, grids: list[str] | None, seed: int,
          t_end: float, floor_repeats: int, pathwise: bool, reference_tol: float,
          dtype: torch.dtype, level: float, progress: bool, trajectories: bool | Sequence[str],
-         command: str | None, metrics: dict[str, Metric]) -> Comparison:
+         command: str | None, metrics: dict[str, Metric], shard: bool = False) -> Comparison:
     t_start = time.perf_counter()
     model, sde = target.model, target.model.sde
     R = replicates
@@ -642,7 +654,8 @@ def _run(target: Target, specs: list[SolverSpec], budgets: list[int], out: Path 
         "command": command or " ".join(sys.argv), "versions": versions(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
-                    "device": str(model.device)},
+                    "device": str(model.device),
+                    "processes": rank_and_world()[1] if shard else 1},
     }
     if "avg_logp" in score_floors:
         config["target_avg_logp"] = score_floors["avg_logp"]["mean"]
@@ -704,9 +717,45 @@ def _run(target: Target, specs: list[SolverSpec], budgets: list[int], out: Path 
 
     runs = [(s, None) for s in specs if s.adaptive] + \
            [(s, b) for s in specs if not s.adaptive for b in budgets]
-    done: dict[tuple[str, int | None], tuple[list[dict[str, float]], float, Tensor, int]] = {}
+    # (label, nfe) -> ("ok", reps, wall, first samples, nfe used) or (status, message)
+    done: dict[tuple[str, int | None], tuple[Any, ...]] = {}
     kept: dict[tuple[str, int], Tensor] = {}
-    bar = tqdm(runs, disable=not progress, desc="compare", dynamic_ncols=True)
+
+    def solve_cell(spec: SolverSpec, nfe: int | None) -> tuple[Any, ...]:
+        slv = spec.make()
+        t0 = time.perf_counter()
+        try:
+            res = sample(model, solver=slv, nfe=nfe, x_T=x_T,
+                         generator=replicate_generator(seed, 0, _SOLVER), t_end=t_end,
+                         grid=spec.grid)
+        except BudgetError as e:
+            return ("unreachable", str(e))
+        except SamplingError as e:
+            return ("failed", str(e))
+        wall = time.perf_counter() - t0
+        xs = split(res.x)
+        deterministic = path_ref is not None and not slv.stochastic
+        reps = [_score(xr, refs[r], target.exact, metric_seed,
+                       path_ref[r] if deterministic else None, metrics) for r, xr in enumerate(xs)]
+        return ("ok", reps, wall, xs[0][:1500].cpu(), res.nfe)
+
+    rank, world = rank_and_world() if shard else (0, 1)
+    if world > 1:     # each rank solves its share of the distinct cells; every rank gets all
+        cells: dict[tuple[str, int | None], SolverSpec] = {}
+        for spec, b in runs:
+            nfe, why = _nfe_for(spec, b, budget_mode, model.evals_per_call)
+            if why is None:
+                cells.setdefault((spec.label, nfe), spec)
+        mine = [(spec, nfe) for (_, nfe), spec in list(cells.items())[rank::world]]
+
+        def solve_mine() -> dict[tuple[str, int | None], tuple[Any, ...]]:
+            return {(spec.label, nfe): solve_cell(spec, nfe)
+                    for spec, nfe in tqdm(mine, disable=not progress, desc=f"compare (rank 0 of "
+                                          f"{world})", dynamic_ncols=True)}
+
+        for part in all_gather_object(run_on_every_rank(solve_mine)):
+            done.update(part)
+    bar = tqdm(runs, disable=not progress or world > 1, desc="compare", dynamic_ncols=True)
     try:
         for spec, budget in bar:
             slv = spec.make()
@@ -724,27 +773,12 @@ def _run(target: Target, specs: list[SolverSpec], budgets: list[int], out: Path 
                 continue
             key = (spec.label, nfe)
             if key not in done:
-                t0 = time.perf_counter()
-                try:
-                    res = sample(model, solver=slv, nfe=nfe, x_T=x_T,
-                                 generator=replicate_generator(seed, 0, _SOLVER), t_end=t_end,
-                                 grid=spec.grid)
-                except BudgetError as e:
-                    row.update(status="unreachable", message=str(e), nfe=None)
-                    record(row, None)
-                    continue
-                except SamplingError as e:
-                    row.update(status="failed", message=str(e), nfe=None)
-                    record(row, None)
-                    continue
-                wall = time.perf_counter() - t0
-                xs = split(res.x)
-                deterministic = path_ref is not None and not slv.stochastic
-                reps = [_score(xr, refs[r], target.exact, metric_seed,
-                               path_ref[r] if deterministic else None, metrics)
-                        for r, xr in enumerate(xs)]
-                done[key] = (reps, wall, xs[0][:1500].cpu(), res.nfe)
-            reps, wall, first, used = done[key]
+                done[key] = solve_cell(spec, nfe)
+            if done[key][0] != "ok":
+                row.update(status=done[key][0], message=done[key][1], nfe=None)
+                record(row, None)
+                continue
+            _, reps, wall, first, used = done[key]
             row.update(status="ok", nfe=used, wall_s=wall)
             kept[(spec.label, budget if budget is not None else -1)] = first
             record(row, reps)

@@ -78,6 +78,7 @@ from tqdm import tqdm
 from ..dynamics import FLOW_VARIABLES, FlowVariable, ProbabilityFlow, ProbabilityFlowWithDivergence
 from ..integrate import ADAPTIVE_METHODS, odeint_range
 from ..models import ScoreModel, check_model
+from ..rng import PerSampleNoise
 from ..validation import (
     check_choice,
     check_data,
@@ -260,8 +261,12 @@ class LogpNorm:
 _NORM_FUNCTIONS = {"per_sample": per_sample_norm, "rms": batch_rms_norm}
 
 
-def _draw_probes(n_probes: int, x: Tensor, probe: str, generator: torch.Generator | None
-                 ) -> Tensor:
+def _draw_probes(n_probes: int, x: Tensor, probe: str, generator: torch.Generator | None,
+                 noise: PerSampleNoise | None = None) -> Tensor:
+    if noise is not None:           # probe p of sample i: draw p of (seed, i)
+        draw = noise.normal if probe == "gaussian" else noise.rademacher
+        return torch.stack([draw(x.shape, p, dtype=x.dtype, device=x.device)
+                            for p in range(n_probes)])
     shape = (n_probes,) + tuple(x.shape)
     if probe == "gaussian":
         return torch.randn(shape, generator=generator, dtype=x.dtype, device=x.device)
@@ -333,7 +338,8 @@ def log_likelihood(model: ScoreModel, x: Tensor, *, divergence: str = "exact", n
                    progress: bool = False, max_num_steps: int | None = None,
                    options: dict[str, Any] | None = None, variable: str | None = None,
                    norm: str = "per_sample",
-                   logdet: Tensor | float | Callable[[Tensor], Tensor] | None = None
+                   logdet: Tensor | float | Callable[[Tensor], Tensor] | None = None,
+                   seed: int | None = None, sample_offset: int | None = None
                    ) -> LikelihoodResult:
     r"""Log-likelihood $\log p_{t_\epsilon}(x)$ through the probability-flow ODE.
 
@@ -356,6 +362,13 @@ def log_likelihood(model: ScoreModel, x: Tensor, *, divergence: str = "exact", n
     - `method`, `rtol`, `atol`: an adaptive torchdiffeq method and its tolerances (> 0).
     - `t_eps`: start time in `[0, T)` (default `1e-5`, the training `eps`).
     - `generator`: the only source of randomness (the probes).
+    - `seed`: instead of `generator`, an integer from which the probes of sample `i` derive
+      as a function of `(seed, i)` alone (probe `p` is draw `p` of
+      [`PerSampleNoise`][scoresde.rng.PerSampleNoise]), whatever the batch and `batch_size`;
+      row `b` of `x` is sample `i = sample_offset + b` (`sample_offset`, default 0, only with
+      `seed`). The adaptive solve's steps still depend on the batch it runs in
+      ([`log_likelihood_sharded`][scoresde.evaluation.sharding.log_likelihood_sharded] runs
+      the same batches on any number of processes).
     - `batch_size`: solve `x` in batches of this size (one adaptive solve each,
       `progress=True` shows a bar); `None` solves everything at once.
     - `max_num_steps`: step limit per solve; exceeding it raises `RuntimeError` naming
@@ -394,6 +407,11 @@ def log_likelihood(model: ScoreModel, x: Tensor, *, divergence: str = "exact", n
     _check_solver(method, rtol, atol)
     t_eps = check_time_in("t_eps", t_eps, model.sde.T)
     check_generator(generator)
+    if seed is None and sample_offset is not None:
+        raise ValueError("sample_offset numbers the samples of seed=; it needs seed")
+    if seed is not None and generator is not None:
+        raise ValueError("give either generator= or seed= (per-sample probes), not both")
+    noise = None if seed is None else PerSampleNoise(seed, sample_offset or 0)
     if max_num_steps is not None:
         check_int("max_num_steps", max_num_steps, 1)
     check_choice("norm", norm, NORMS)
@@ -404,7 +422,8 @@ def log_likelihood(model: ScoreModel, x: Tensor, *, divergence: str = "exact", n
     zs, ls, n_vjp = [], [], 0
     for lo, hi in batches(x.shape[0], batch_size, progress, "log_likelihood"):
         xb = x[lo:hi]
-        probes = None if divergence == "exact" else _draw_probes(n_probes, xb, probe, generator)
+        probes = None if divergence == "exact" else _draw_probes(
+            n_probes, xb, probe, generator, None if noise is None else noise.shifted(lo))
         z, l_T, nv = _solve_likelihood(model, xb, probes, t_eps, var, method, rtol, atol,
                                        max_num_steps, norm, options)
         zs.append(z)

@@ -25,6 +25,7 @@ from .base import (
     BudgetError,
     FixedGridSolver,
     SamplingError,
+    SeedError,
     Solver,
     StepContext,
 )
@@ -62,7 +63,7 @@ from .unipc import UniPC
 
 __all__ = [
     "SOLVERS", "register_solver", "make_solver", "adaptive_solvers", "solver_table", "sample", "SampleResult",
-    "Solver", "FixedGridSolver", "AdaptiveSolver", "StepContext", "SamplingError", "BudgetError",
+    "Solver", "FixedGridSolver", "AdaptiveSolver", "StepContext", "SamplingError", "BudgetError", "SeedError",
     "tweedie_denoise", "GRIDS", "register_grid", "TimeGrid", "UniformGrid", "QuadraticGrid", "LogSNRGrid",
     "KarrasGrid", "get_grid", "EulerMaruyama", "Ancestral", "DDIM", "ProbabilityFlowODE",
     "Heun", "PredictorCorrector", "TorchSDE", "DPMSolverPP2M",

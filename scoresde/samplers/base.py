@@ -46,6 +46,7 @@ import torch
 from tqdm import tqdm
 
 from ..models import ScoreModel
+from ..rng import PerSampleNoise
 
 if TYPE_CHECKING:
     from .grids import TimeGrid
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
 Tensor = torch.Tensor
 
 __all__ = ["Solver", "FixedGridSolver", "AdaptiveSolver", "StepContext", "SamplingError",
-           "BudgetError", "StepCallback", "apply_callback"]
+           "BudgetError", "SeedError", "StepCallback", "apply_callback"]
 
 #: ``callback(i, t, x) -> x or None``, called after each grid step (`apply_callback`)
 StepCallback = Callable[[int, float, Tensor], "Tensor | None"]
@@ -93,6 +94,12 @@ class BudgetError(ValueError):
     """An NFE budget a solver cannot meet exactly; the message lists the budgets it can meet."""
 
 
+class SeedError(ValueError):
+    """A solver cannot draw per-sample noise (``sample(..., seed=)``): it draws one noise
+    path for the whole batch (``torchsde``, ``ggf``'s adaptive ``"brownian"`` solve) or takes
+    no ``noise=``; the message says which and what to use instead."""
+
+
 @dataclass
 class StepContext:
     r"""Everything a step needs, computed once per solve.
@@ -105,6 +112,10 @@ class StepContext:
     solver may use for its own history (multistep methods); and `cond`, the conditioning
     keyword tensors (batch dimension ``B``) passed to every network call (empty: none).
     A solver that calls ``ctx.model.evaluate`` itself passes ``**ctx.cond``.
+    `noise_source`: a [`PerSampleNoise`][scoresde.rng.PerSampleNoise] when sampling with
+    ``seed=`` (then `noise` ignores the generator and returns its draws 1, 2, ... in order;
+    draw 0 is the starting noise), else ``None``; `draws` counts the draws taken.
+    A solver draws all its noise through `noise`, so both paths work.
     """
 
     model: ScoreModel
@@ -118,6 +129,8 @@ class StepContext:
     lam: list[float]
     state: dict[str, Any] = field(default_factory=dict)
     cond: dict[str, Tensor] = field(default_factory=dict)
+    noise_source: PerSampleNoise | None = None
+    draws: int = 0
 
     @property
     def sde(self):
@@ -136,8 +149,12 @@ class StepContext:
         return -self.eps(x, i) / self.sigma[i]
 
     def noise(self, x: Tensor) -> Tensor:
-        """Standard normal noise like ``x``, drawn from the context's generator."""
-        return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
+        """Standard normal noise like ``x``: drawn from the context's generator, or with
+        ``noise_source`` its next draw, row ``b`` a function of (seed, sample index, draw)."""
+        if self.noise_source is None:
+            return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
+        self.draws += 1
+        return self.noise_source.normal(x.shape, self.draws, dtype=x.dtype, device=x.device)
 
 
 class Solver(ABC):
@@ -214,7 +231,9 @@ class Solver(ABC):
         tensors passed to every network call) and ``callback`` (see
         [`FixedGridSolver.solve`][scoresde.samplers.base.FixedGridSolver.solve]);
         [`sample`][scoresde.samplers.sampling.sample] passes them only when given, so a
-        solver written without them keeps working for unconditional sampling."""
+        solver written without them keeps working for unconditional sampling. Likewise
+        ``noise`` (a [`PerSampleNoise`][scoresde.rng.PerSampleNoise], for ``sample(...,
+        seed=)``): a solver that takes it draws sample ``i``'s noise from it alone."""
 
     @classmethod
     def options(cls) -> list[str]:
@@ -235,15 +254,17 @@ class FixedGridSolver(Solver):
 
     def start(self, model: ScoreModel, x: Tensor, grid: Tensor,
               generator: torch.Generator | None = None, *,
-              cond: dict[str, Tensor] | None = None) -> StepContext:
+              cond: dict[str, Tensor] | None = None,
+              noise: PerSampleNoise | None = None) -> StepContext:
         """Precompute the per-grid coefficients and let the solver initialise its state;
-        ``cond`` (conditioning tensors, e.g. ``{"y": labels}``) goes to every network call."""
+        ``cond`` (conditioning tensors, e.g. ``{"y": labels}``) goes to every network call;
+        ``noise``: per-sample noise (`StepContext.noise_source`) instead of the generator."""
         sde = model.sde
         t = grid.to(dtype=x.dtype, device=x.device)
         g64 = grid.to(device="cpu", dtype=torch.float64)
         alpha, sigma, f, g2, lam = (c.tolist() for c in (*sde.coefficients(g64), sde.log_snr(g64)))
         ctx = StepContext(model, grid, generator, t, alpha, sigma, f, g2, lam,
-                          cond=dict(cond) if cond else {})
+                          cond=dict(cond) if cond else {}, noise_source=noise)
         self.init(ctx, x)
         return ctx
 
@@ -257,7 +278,8 @@ class FixedGridSolver(Solver):
     def solve(self, model: ScoreModel, x: Tensor, grid: Tensor,
               generator: torch.Generator | None = None, *, trajectory: bool = False,
               progress: bool = False, cond: dict[str, Tensor] | None = None,
-              callback: StepCallback | None = None) -> tuple[Tensor, Tensor | None]:
+              callback: StepCallback | None = None, noise: PerSampleNoise | None = None
+              ) -> tuple[Tensor, Tensor | None]:
         """Run every step of the grid. **Returns:** ``(x_end, trajectory or None)``;
         the trajectory has shape ``(n_steps + 1, *x.shape)``.
 
@@ -270,7 +292,7 @@ class FixedGridSolver(Solver):
 
         **Raises:** `SamplingError` naming the first step that produced NaN/Inf.
         """
-        ctx = self.start(model, x, grid, generator, cond=cond)
+        ctx = self.start(model, x, grid, generator, cond=cond, noise=noise)
         n = ctx.n_steps
         times = grid.tolist() if callback is not None else None
         path = [x] if trajectory else None

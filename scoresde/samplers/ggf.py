@@ -32,7 +32,9 @@ ends exactly at $t_\text{end}$.
   argument), so rejection filters the noise: on our exact targets the samples were biased
   (4000 samples: largest |z| of the moments 7-23 at ``rtol`` 0.2-0.02, against 0.6-2.6 with
   ``"brownian"``, and the bias does not shrink with the tolerance; docs/solvers.md,
-  experiments/ggf_noise.py). Kept for comparison with the paper.
+  experiments/ggf_noise.py). Kept for comparison with the paper. Per-sample noise
+  (``sample(..., seed=)``) is supported here (attempt $k$ of sample $i$ uses its draw
+  $k + 1$), not with ``"brownian"`` (one path for the batch: a `SeedError`).
 
 Options: ``rtol`` ($\epsilon_\text{rel}$, default 0.05, the paper's fast setting), ``atol``
 ($\epsilon_\text{abs}$, 0.0078, the paper's), ``safety`` $\theta = 0.9$, ``exponent``
@@ -50,8 +52,16 @@ import torch
 
 from ..dynamics import drift_from_score
 from ..models import ScoreModel
+from ..rng import PerSampleNoise
 from ..validation import bcast, check_choice, check_int, check_real, check_tolerances
-from .base import AdaptiveSolver, FixedGridSolver, NonFiniteWatch, SamplingError, StepContext
+from .base import (
+    AdaptiveSolver,
+    FixedGridSolver,
+    NonFiniteWatch,
+    SamplingError,
+    SeedError,
+    StepContext,
+)
 from .registry import register_solver
 
 Tensor = torch.Tensor
@@ -132,10 +142,19 @@ class GottaGoFast(FixedGridSolver, AdaptiveSolver):
 
     def solve_adaptive(self, model: ScoreModel, x: Tensor, t_end: float,
                        generator: torch.Generator | None, *,
-                       cond: dict[str, Tensor] | None = None) -> Tensor:
+                       cond: dict[str, Tensor] | None = None,
+                       noise: PerSampleNoise | None = None) -> Tensor:
+        """The adaptive solve; ``noise`` (per-sample noise, ``sample(..., seed=)``) only with
+        ``noise="resample"``, whose samples have their own times and steps: attempt ``k`` of
+        sample ``i`` uses draw ``k + 1`` of sample ``i``."""
         cond = dict(cond) if cond else {}
         if self.noise == "resample":
-            return self._solve_resample(model, x, t_end, generator, cond)
+            return self._solve_resample(model, x, t_end, generator, cond, noise)
+        if noise is not None:
+            raise SeedError("ggf's adaptive solve with noise='brownian' draws one Brownian path "
+                             "and takes one step size for the whole batch, so a sample cannot "
+                             "have noise of its own (seed=): use noise='resample', a fixed "
+                             "nfe, or generator=")
         import torchsde  # imported on first use: `import scoresde` stays light
 
         T = float(model.sde.T)
@@ -166,19 +185,21 @@ class GottaGoFast(FixedGridSolver, AdaptiveSolver):
         raise self._too_many(t_end, t)
 
     def _solve_resample(self, model: ScoreModel, x: Tensor, t_end: float,
-                        generator: torch.Generator | None, cond: dict[str, Tensor]) -> Tensor:
+                        generator: torch.Generator | None, cond: dict[str, Tensor],
+                        noise: PerSampleNoise | None = None) -> Tensor:
         """The paper's Algorithm 1: per-sample times and steps, fresh noise every attempt."""
         b = x.shape[0]
         t = torch.full((b,), float(model.sde.T), dtype=torch.float64, device=x.device)
         h = torch.full_like(t, self.h_init)
         x_prev = x
         watch = NonFiniteWatch()
-        for _ in range(self.max_num_steps):
+        for k in range(self.max_num_steps):
             left = t - t_end
             h = torch.minimum(h, left)
             active = left > 0
             t2 = torch.where(h >= left, torch.full_like(t, t_end), t - h)   # lands on t_end exactly
-            z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            z = (torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+                 if noise is None else noise.normal(x.shape, k + 1, dtype=x.dtype, device=x.device))
             dw = bcast(h.to(x.dtype).sqrt(), x) * z
             x1, x2, bad = self._two_stages(model, x, t, t2, h, dw, watch, cond)
             err = self._scaled_error(x1, x2, x_prev).sqrt()

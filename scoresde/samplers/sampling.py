@@ -11,8 +11,9 @@ import torch
 
 from ..dynamics import tweedie_denoise
 from ..models import ScoreModel, check_model
+from ..rng import PerSampleNoise
 from ..validation import check_batch, check_cond, check_finite
-from .base import AdaptiveSolver, BudgetError, SamplingError, Solver, StepCallback
+from .base import AdaptiveSolver, BudgetError, SamplingError, SeedError, Solver, StepCallback
 from .grids import TimeGrid, get_grid
 from .registry import adaptive_solvers, make_solver
 
@@ -108,18 +109,29 @@ def _steps_for_budget(slv: Solver, nfe: int, extra: int, per_call: int) -> int:
 
 
 def _solve_kwargs(slv: Solver, method: str, cond: dict[str, Tensor],
-                  callback: StepCallback | None) -> dict[str, Any]:
-    """``cond``/``callback`` for the solver's ``method``, passed only when given (so a user's
-    solver written without them keeps working unconditionally), else a clear `TypeError`."""
+                  callback: StepCallback | None, noise: PerSampleNoise | None = None
+                  ) -> dict[str, Any]:
+    """``cond``/``callback``/``noise`` for the solver's ``method``, passed only when given (so
+    a user's solver written without them keeps working unconditionally), else a clear
+    `TypeError`; per-sample ``noise`` a deterministic solver does not take is left out (its
+    starting noise already came from it), and a stochastic one is a `SeedError`."""
     kw: dict[str, Any] = {}
     if cond:
         kw["cond"] = cond
     if callback is not None:
         kw["callback"] = callback
-    if not kw:
+    if not kw and noise is None:
         return kw
     params = inspect.signature(getattr(slv, method)).parameters
     takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    if noise is not None:
+        if "noise" in params or takes_all:
+            kw["noise"] = noise
+        elif slv.stochastic:
+            raise SeedError(f"solver {slv.name!r} cannot draw per-sample noise from seed= "
+                             f"({type(slv).__name__}.{method} takes no noise= argument; solvers "
+                             "that draw through StepContext.noise support it): pass generator= "
+                             "instead")
     missing = [k for k in kw if k not in params and not takes_all]
     if missing:
         raise TypeError(f"solver {slv.name!r} ({type(slv).__name__}.{method}) does not take "
@@ -128,12 +140,26 @@ def _solve_kwargs(slv: Solver, method: str, cond: dict[str, Tensor],
     return kw
 
 
+def _seeded(seed: int | None, sample_offset: int | None,
+            generator: torch.Generator | None) -> PerSampleNoise | None:
+    """The per-sample noise of ``seed=`` (checked against ``generator`` and the offset)."""
+    if seed is None:
+        if sample_offset is not None:
+            raise ValueError("sample_offset numbers the samples of seed=; it needs seed")
+        return None
+    if generator is not None:
+        raise ValueError("give either generator= (one stream for the batch) or seed= "
+                         "(per-sample noise), not both")
+    return PerSampleNoise(seed, 0 if sample_offset is None else sample_offset)
+
+
 def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
            solver: str | Solver = "euler_maruyama", nfe: int | None = 100,
            generator: torch.Generator | None = None, x_T: Tensor | None = None, *,
            t_end: float | None = None, grid: str | TimeGrid | Tensor | None = None,
            denoise: bool = True, cond: Mapping[str, Tensor] | None = None,
-           callback: StepCallback | None = None,
+           callback: StepCallback | None = None, seed: int | None = None,
+           sample_offset: int | None = None,
            trajectory: bool = False, progress: bool = False, **options: Any) -> SampleResult:
     r"""Draw samples by solving the reverse SDE or the probability-flow ODE from ``T`` to
     ``t_end``.
@@ -148,7 +174,25 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
       ``torchsde``, ``ggf``). A model whose one call counts ``model.evals_per_call = c``
       evaluations (a classifier-free guided model: ``c = 2``) makes ``nfe / c`` calls, so
       ``nfe`` must be ``c`` times a budget the solver can meet (else `BudgetError`).
-    - ``generator``: all randomness (prior draw and solver noise).
+    - ``generator``: all randomness (prior draw and solver noise), one stream for the batch.
+    - ``seed``: instead of ``generator``, an integer in ``[0, 2^63)`` from which sample
+      ``i``'s starting noise (draw 0) and solver noise (draws 1, 2, ...) derive as a function
+      of ``(seed, i)`` alone ([`PerSampleNoise`][scoresde.rng.PerSampleNoise]): sample ``i``
+      gets the same noise at any batch size, on any number of processes, in any order.
+      Row ``b`` of the batch is sample ``i = sample_offset + b`` (``sample_offset``, default
+      0, only with ``seed``). Every fixed-grid solver supports it, and ``ggf``'s adaptive
+      solve with ``noise="resample"``; ``torchsde`` and ``ggf``'s adaptive solve with
+      ``noise="brownian"`` draw one Brownian path for the whole batch and refuse it
+      (`SeedError`, a `ValueError`). With ``x_T`` given, only the solver noise comes from
+      ``seed``. The *solve* is per sample too -- so sample ``i`` is bit for bit the
+      same at any batch size -- when the network treats rows independently down to the last
+      bit (BLAS kernels may round differently at different batch sizes: then sample ``i``
+      agrees to rounding) and the solver has no batch statistic: ``pc`` (its Langevin step
+      size uses norms averaged over the batch) and the adaptive solves (one step size and
+      error norm for the batch, except ``ggf`` with ``noise="resample"``) depend on the
+      batch they run in. [`sample_sharded`][scoresde.evaluation.sharding.sample_sharded]
+      runs the same batches on any number of processes, so its samples are bit for bit
+      those of one process in every case. Cost: docs/sharded_evaluation.md.
     - ``x_T``: starting noise (its dtype and device are kept); drawn from the prior if None.
     - ``t_end``: end time, default ``model.sde.sample_eps`` (with an explicit grid: its last
       entry; a ``t_end`` that differs from it is a ``ValueError``).
@@ -187,6 +231,7 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
     per_call = model.evals_per_call
     if isinstance(per_call, bool) or not isinstance(per_call, int) or per_call < 1:
         raise ValueError(f"model.evals_per_call must be a positive integer, got {per_call!r}")
+    noise = _seeded(seed, sample_offset, generator)
     slv = make_solver(solver, **options)
     sde = model.sde
     explicit = _explicit_grid(grid, sde.T) if isinstance(grid, Tensor) else None
@@ -206,8 +251,11 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
         shape = tuple(shape)
         if len(shape) < 2 or any((not isinstance(s, int)) or s < 1 for s in shape):
             raise ValueError(f"shape must be (B, *event_shape) of positive integers, got {shape}")
-        x_T = sde.prior_sample(shape, generator, dtype=torch.get_default_dtype(),
-                               device=model.device)
+        if noise is None:
+            x_T = sde.prior_sample(shape, generator, dtype=torch.get_default_dtype(),
+                                   device=model.device)
+        else:
+            x_T = noise.normal(shape, 0, device=model.device) * sde.prior_std
     else:
         check_batch(x_T, "x_T")
         if x_T.dim() < 2:
@@ -232,7 +280,7 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
                 raise ValueError("callback needs a fixed grid (give nfe): an adaptive solve "
                                  "(nfe=None) chooses its steps as it goes")
             x = slv.solve_adaptive(model, x_T, t_end, generator,
-                                   **_solve_kwargs(slv, "solve_adaptive", cond, None))
+                                   **_solve_kwargs(slv, "solve_adaptive", cond, None, noise))
             times = torch.tensor([sde.T, t_end], dtype=torch.float64)
             path = None
         else:
@@ -264,7 +312,7 @@ def sample(model: ScoreModel, shape: tuple[int, ...] | torch.Size | None = None,
             if times is None:
                 times = get_grid(slv.default_grid if grid is None else grid)(sde, n_steps, t_end)
             x, path = slv.solve(model, x_T, times, generator, trajectory=trajectory,
-                                progress=progress, **_solve_kwargs(slv, "solve", cond, callback))
+                                progress=progress, **_solve_kwargs(slv, "solve", cond, callback, noise))
         if denoise:
             x = tweedie_denoise(model, x, t_end, **cond)
             if not bool(torch.isfinite(x).all()):

@@ -12,7 +12,8 @@ method applies. With additive noise the strong orders are: ``euler`` 1, ``milste
 (Kidger et al. 2021) 1 (one evaluation per step plus one at the start), ``midpoint`` and
 ``heun`` 1 (2 per step). Fixed ``nfe`` runs uniform steps ($dt = (T - t_\text{end})/n$); with
 ``nfe=None`` torchsde adapts ``dt`` to ``rtol``/``atol``. The Brownian path is a
-`torchsde.BrownianInterval` seeded from the caller's `torch.Generator`.
+`torchsde.BrownianInterval` seeded from the caller's `torch.Generator`; one path for the
+whole batch, so per-sample noise (``sample(..., seed=)``) is not supported (a `SeedError`).
 """
 
 from __future__ import annotations

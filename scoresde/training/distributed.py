@@ -27,10 +27,12 @@ import torch
 from torch import nn
 
 from ..files import LockedError
+from ..samplers import SamplingError
 
 __all__ = ["init", "shutdown", "is_initialized", "world_size", "rank", "local_rank", "is_main",
            "default_device", "comm_device", "barrier", "all_reduce_sum", "all_reduce_mean", "broadcast",
-           "broadcast_module", "all_gather_object", "shard", "unwrap", "agree", "RankError"]
+           "broadcast_module", "all_gather_object", "shard", "unwrap", "agree", "run_on_every_rank",
+           "rank_and_world", "RankError"]
 
 R = TypeVar("R")
 
@@ -68,6 +70,14 @@ def _current_rank() -> int:
     if is_initialized():
         return torch.distributed.get_rank()
     return _env_int("RANK", 0)
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, size)`` of the initialised process group, ``(0, 1)`` without one (unlike
+    `rank` and `world_size`, never read from the environment: what a collective will see)."""
+    if is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 def world_size() -> int:
@@ -221,7 +231,8 @@ def unwrap(module: nn.Module) -> nn.Module:
 
 #: error types that another rank re-raises as such (the command line reports them in one
 #: line); anything else becomes a RankError
-_SHARED_ERRORS: tuple[type[Exception], ...] = (LockedError, ValueError, TypeError, OSError)
+_SHARED_ERRORS: tuple[type[Exception], ...] = (LockedError, SamplingError, ValueError, TypeError,
+                                                OSError)
 
 
 def agree(fn: Callable[[], tuple[R, Sequence[float]]], width: int = 0, *, what: str = ""
@@ -231,7 +242,7 @@ def agree(fn: Callable[[], tuple[R, Sequence[float]]], width: int = 0, *, what: 
     `fn` returns `(result, values)` with `width` floats in `values`; they are summed over the
     ranks in the same all-reduce that tells every rank whether `fn` raised on any of them. If
     it did, every rank raises: the failing rank its own exception, the others the same type
-    (for `ValueError`, `TypeError`, `OSError` and `LockedError`, else
+    (for `ValueError`, `TypeError`, `OSError`, `LockedError` and `SamplingError`, else
     [`RankError`][scoresde.training.distributed.RankError]) with the failing rank's message,
     instead of waiting forever in the next collective. In one process `fn`'s exception
     simply propagates. `what` (e.g. `"at step 12"`) goes into the other ranks' message.
@@ -271,6 +282,12 @@ def agree(fn: Callable[[], tuple[R, Sequence[float]]], width: int = 0, *, what: 
     first_rank, name, message = failed[0]
     cls = next((c for c in _SHARED_ERRORS if c.__name__ == name), RankError)
     raise cls(f"rank {first_rank} failed{where}: {message}")
+
+
+def run_on_every_rank(fn: Callable[[], R], *, what: str = "") -> R:
+    """`agree` for a function without values to sum: run ``fn()`` here and make its failure
+    on any rank an error on every rank. **Returns:** ``fn()``'s result."""
+    return agree(lambda: (fn(), ()), 0, what=what)[0]
 
 
 def _shared_name(error: Exception) -> str:
