@@ -43,7 +43,7 @@ from tqdm import tqdm
 from ..files import RunLock, remove_orphans, write_text_atomic
 from ..losses import WEIGHTINGS, drop_cond, dsm_loss, resolve_null_cond, sample_time
 from ..models import ScoreModel, check_model
-from ..validation import check_choice, check_cond, check_int, check_positive, check_real
+from ..validation import check_choice, check_cond, check_instance, check_int, check_positive, check_real
 from ..version import __version__
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -117,9 +117,7 @@ def _check_checkpoint_dir(folder: str | os.PathLike | None) -> Path | None:
     """The checkpoint folder, checked when the Trainer is made (not at the first save)."""
     if folder is None:
         return None
-    if not isinstance(folder, (str, os.PathLike)):
-        raise TypeError(f"checkpoint_dir must be a path or None, got {type(folder).__name__}")
-    p = Path(folder)
+    p = Path(check_instance("checkpoint_dir", folder, (str, os.PathLike), "a path or None"))
     if p.exists() and not p.is_dir():
         raise ValueError(f"checkpoint_dir {str(p)!r} exists and is not a folder")
     p.mkdir(parents=True, exist_ok=True)
@@ -131,9 +129,7 @@ def _check_checkpoint_dir(folder: str | os.PathLike | None) -> Path | None:
 def _check_log_path(path: str | os.PathLike | None) -> Path | None:
     if path is None:
         return None
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"log_path must be a path or None, got {type(path).__name__}")
-    p = Path(path)
+    p = Path(check_instance("log_path", path, (str, os.PathLike), "a path or None"))
     if p.is_dir():
         raise ValueError(f"log_path {str(p)!r} is a folder; give a file name such as "
                          "'runs/x/log.jsonl'")
