@@ -336,18 +336,24 @@ def test_torchrun_ctrl_c_saves_on_rank_0_and_one_process_resumes(worker, tmp_pat
     _resume_one_process(w, folder, k + 3)
 
 
-@needs_fork
-def test_ctrl_c_on_one_rank_stops_both_at_the_same_step(worker, tmp_path):
-    """SIGINT to rank 1 alone: the step's agreement tells rank 0, both finish that step, rank
-    0 saves it, both raise TrainingInterrupted naming it."""
-    _, w = worker
+def _fork_then_signal(w, tmp_path, rank: int, sig: int) -> tuple[list[int], Path]:
+    """Fork two ranks of a long run, wait for its first checkpoint, send `sig` to `rank`."""
     pids = _fork_ranks(w, "long", tmp_path)
     folder = tmp_path / "ckpt"
     try:
         _await_checkpoint(folder, lambda: all(os.waitpid(p, os.WNOHANG) == (0, 0)
                                               for p in pids))
     finally:
-        os.kill(pids[1], signal.SIGINT)
+        os.kill(pids[rank], sig)
+    return pids, folder
+
+
+@needs_fork
+def test_ctrl_c_on_one_rank_stops_both_at_the_same_step(worker, tmp_path):
+    """SIGINT to rank 1 alone: the step's agreement tells rank 0, both finish that step, rank
+    0 saves it, both raise TrainingInterrupted naming it."""
+    _, w = worker
+    pids, folder = _fork_then_signal(w, tmp_path, 1, signal.SIGINT)
     assert _wait_ranks(pids, tmp_path, timeout=90) == [130, 130]
     stops = [json.loads((tmp_path / f"interrupted.rank{r}.json").read_text()) for r in (0, 1)]
     assert stops[0]["step"] == stops[1]["step"] == load_checkpoint(folder / "last.pt")["step"]
@@ -359,13 +365,7 @@ def test_a_killed_rank_ends_the_run_and_one_process_resumes(worker, tmp_path):
     """SIGKILL rank 0 mid-run: rank 1 fails in its next collective instead of hanging; the
     lock rank 0 held is stale and one process takes it over, resumes and finishes."""
     _, w = worker
-    pids = _fork_ranks(w, "long", tmp_path)
-    folder = tmp_path / "ckpt"
-    try:
-        _await_checkpoint(folder, lambda: all(os.waitpid(p, os.WNOHANG) == (0, 0)
-                                              for p in pids))
-    finally:
-        os.kill(pids[0], signal.SIGKILL)
+    pids, folder = _fork_then_signal(w, tmp_path, 0, signal.SIGKILL)
     codes = _wait_ranks(pids, tmp_path, timeout=90)
     assert codes[0] == -signal.SIGKILL and codes[1] == 1
     assert "RuntimeError" in (tmp_path / "traceback.rank1.txt").read_text()
