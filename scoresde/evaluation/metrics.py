@@ -210,19 +210,21 @@ def sliced_wasserstein(
     if n != m:
         idx_x, idx_y, widths = _quantile_grid(n, m, x.device)
         widths = widths.to(x.dtype)
-    # Projections are sorted per direction in blocks of directions to bound memory.
+    # Projections are sorted per direction in blocks of directions to bound memory; each
+    # direction's projections are one contiguous row (sorting along the last dimension is
+    # several times faster than along the first).
     per_block = max(1, _BLOCK_PAIRS // (n + m))
     total = x.new_zeros(())
     for start in range(0, n_projections, per_block):
         th = theta[start : start + per_block]  # (L, D)
-        px = torch.sort(x @ th.T, dim=0).values  # (n, L)
-        py = torch.sort(y @ th.T, dim=0).values  # (m, L)
+        px = torch.sort(th @ x.T, dim=1).values  # (L, n)
+        py = torch.sort(th @ y.T, dim=1).values  # (L, m)
         if n == m:
             diff = (px - py).abs()
-            total = total + diff.pow(p).mean(dim=0).sum()
+            total = total + diff.pow(p).mean(dim=1).sum()
         else:
-            diff = (px[idx_x] - py[idx_y]).abs()  # (cells, L)
-            total = total + (widths[:, None] * diff.pow(p)).sum()
+            diff = (px[:, idx_x] - py[:, idx_y]).abs()  # (L, cells)
+            total = total + (widths[None, :] * diff.pow(p)).sum()
     return (total / n_projections).pow(1.0 / p)
 
 
