@@ -239,10 +239,10 @@ class PerStepsGrid(TimeGrid):
     ``PerStepsGrid({3: "karras"}, otherwise="uniform")`` is `KarrasGrid` for up to 3 steps
     and `UniformGrid` from 4.
 
-    A solver's measured default on an SDE is one where the rule that measured best changes
-    with the budget (a value of its `PerSDEGrid`; experiments/default_grids.py): the keys
-    lie between the step counts of the budgets measured, so a count below the smallest
-    budget measured takes that budget's rule, and one above the largest the largest's.
+    A solver's default rule on an SDE (a value of its `PerSDEGrid`) is one where the rule
+    that measured best changes with the budget (experiments/default_grids.py): its keys lie
+    midway between the step counts of the budgets measured, so fewer steps than the smallest
+    budget's take that budget's rule, and more than the largest budget's the largest's.
     """
 
     name = "per_steps"
