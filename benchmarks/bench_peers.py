@@ -42,7 +42,9 @@ How the peers see our SDEs (exactly, no retraining, no approximation):
 Ours: every registered deterministic solver (``SOLVERS``, option sets from ``comparison_specs``
 plus the variants in ``OUR_VARIANTS``) on every grid in ``GRIDS`` (``polyexponential`` at rho 2),
 and the stochastic ones on their default grids. "Ours, defaults" is the best of our solvers with
-their default options and default grid (what ``sd.sample(model, solver=name, nfe=K)`` gives).
+their default options and default grid (what ``sd.sample(model, solver=name, nfe=K)`` gives: rows
+``[default]``, run with ``grid=None``, where the default is a rule per SDE and per number of
+steps; otherwise the named grid).
 
 Peers are never dependencies of scoresde: they live in their own virtual environment,
 ``benchmarks/.peers-venv`` (git-ignored), that this script creates and reuses (CPU torch, pinned
@@ -56,7 +58,12 @@ dependencies, its ``sampling`` module loaded alone). One command sets it up and 
 It writes ``benchmarks/results/peers.md``, ``benchmarks/results/peers.png`` and the section
 between ``<!-- BEGIN peers -->`` and ``<!-- END peers -->`` of ``docs/solvers.md``
 (``--no-docs`` to skip that). One thread, niced: about 75 minutes on a busy shared 2-core machine,
-two thirds of it the stochastic runs (``--sde-sdes`` with no SDE skips them).
+two thirds of it the stochastic runs (``--sde-sdes`` with no SDE skips them, ``--sdes`` with none
+the deterministic ones). The two halves can run as two processes and be reported together::
+
+    benchmarks/.peers-venv/bin/python benchmarks/bench_peers.py --sde-sdes --raw det.json --no-docs
+    benchmarks/.peers-venv/bin/python benchmarks/bench_peers.py --sdes --raw sde.json --no-docs
+    benchmarks/.peers-venv/bin/python benchmarks/bench_peers.py --from-raw det.json --from-raw sde.json
 """
 
 from __future__ import annotations
@@ -335,6 +342,11 @@ def ours(stochastic: bool) -> list[Config]:
             grids = our_grids()
             if stochastic:  # fewer grids: each stochastic run is 20000 samples, twice
                 grids = [(g, grid) for g, grid in grids if g in SDE_GRIDS or g == solver.default_grid]
+            # a default named by a registered grid is that grid's row; any other (a rule per SDE,
+            # and per number of steps: the deterministic solvers') gets a row of its own, grid=None
+            named = solver.default_grid if isinstance(solver.default_grid, str) else None
+            if is_default and named is None:
+                grids = [*grids, ("default", None)]
             for gname, grid in grids:
                 label = opts_label(name, opts) + f" [{gname}]"
 
@@ -347,7 +359,7 @@ def ours(stochastic: bool) -> list[Config]:
                     return res.x, res.nfe
 
                 configs.append(Config("ours", label, run, stochastic,
-                                      is_default and gname == solver.default_grid))
+                                      is_default and gname in (named, "default")))
     return configs
 
 
@@ -724,8 +736,9 @@ def best(row_map: dict, meta: dict, k: int, pred: Callable[[str], bool]) -> tupl
 def peer_grid(label: str) -> bool:
     """Whether one of our configurations runs on a grid the peers also have (all but quadratic:
     diffusers' linspace/trailing spacing is uniform in t, k-diffusion has karras, exponential =
-    logsnr, polyexponential, vp = uniform)."""
-    return not label.endswith("[quadratic]")
+    logsnr, polyexponential, vp = uniform); a ``[default]`` row is left out (it repeats the
+    named grid its rule picks, quadratic included)."""
+    return not label.endswith(("[quadratic]", "[default]"))
 
 
 def summary_rows(table: dict, meta: dict, budgets: tuple[int, ...]) -> list[dict]:
@@ -1013,6 +1026,19 @@ def from_json(d: dict) -> Results:
     return Results(errs, d["meta"], d["info"])
 
 
+def merge(parts: list[Results]) -> Results:
+    """Several raw files as one (e.g. the deterministic and the stochastic runs made apart); a
+    later file's numbers replace an earlier one's for the same problem and configuration."""
+    out = Results()
+    for r in parts:
+        for p, table in r.errors.items():
+            out.errors.setdefault(p, {}).update(table)
+        out.meta.update(r.meta)
+        for p, info in r.info.items():
+            out.info.setdefault(p, {}).update(info)
+    return out
+
+
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1023,13 +1049,16 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--n-sde", type=int, default=20000, help="samples per stochastic run")
     ap.add_argument("--replicates", type=int, default=2, help="replicates of each stochastic run")
     ap.add_argument("--targets", nargs="+", default=list(TARGETS))
-    ap.add_argument("--sdes", nargs="+", default=list(SDE_NAMES), choices=SDE_NAMES)
+    ap.add_argument("--sdes", nargs="*", default=list(SDE_NAMES), choices=SDE_NAMES,
+                    help="SDEs of the deterministic (pathwise) comparison (none: skip it)")
     ap.add_argument("--sde-sdes", nargs="*", default=["vp"], choices=SDE_NAMES,
                     help="SDEs on which the stochastic samplers are compared (none: skip them)")
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run: n=200, eight_gaussians, VP, 2000 stochastic samples")
     ap.add_argument("--raw", type=Path, help="also save the raw numbers (JSON) here")
-    ap.add_argument("--from-raw", type=Path, help="only redraw the report from saved raw numbers")
+    ap.add_argument("--from-raw", type=Path, action="append",
+                    help="only redraw the report from saved raw numbers (repeat to merge the files "
+                         "of runs made apart, e.g. --sdes and --sde-sdes alone)")
     ap.add_argument("--out", type=Path, default=OUT_MD)
     ap.add_argument("--no-docs", action="store_true", help="do not write the docs/solvers.md section")
     ap.add_argument("--threads", type=int, default=1)
@@ -1054,7 +1083,7 @@ def main(argv: list[str]) -> None:
     problems = [f"{t}, {s}" for t in args.targets for s in args.sdes]
     sde_problems = [f"{t}, {s}" for t in args.targets for s in args.sde_sdes]
     if args.from_raw:
-        res = from_json(json.loads(args.from_raw.read_text()))
+        res = merge([from_json(json.loads(f.read_text())) for f in args.from_raw])
     else:
         res = Results()
         det = ours(False) + diffusers_configs() + k_configs(False)
@@ -1076,7 +1105,8 @@ def main(argv: list[str]) -> None:
             write_atomic(args.raw, json.dumps(to_json(res)))
     md, docs = report(res, args, argv, problems, sde_problems)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    plot(res, problems, args.out.with_suffix(".png"))
+    if problems:
+        plot(res, problems, args.out.with_suffix(".png"))
     write_atomic(args.out, md + "\n")
     if not args.no_docs:
         write_section(SOLVERS_MD, "peers", docs)

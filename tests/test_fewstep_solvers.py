@@ -567,11 +567,11 @@ def test_declarations():
     want = {
         ("unipc", ()): (3.0, False, "quadratic, uniform"),
         ("unipc", (("solver_order", 3),)): (4.0, False, "quadratic, uniform"),
-        ("dpm_solver_3m", ()): (2.0, False, "quadratic, logsnr"),
-        ("dpm_solver_3m", (("second_difference", "taylor"),)): (3.0, False, "quadratic, logsnr"),
+        ("dpm_solver_3m", ()): (2.0, False, "quadratic, uniform"),
+        ("dpm_solver_3m", (("second_difference", "taylor"),)): (3.0, False, "quadratic, uniform"),
         ("dpm_solver_sde", ()): (1.0, True, "quadratic, logsnr"),
         ("dpm_solver_sde", (("eta", 0.0), ("solver_order", 3))): (3.0, False, "quadratic, logsnr"),
-        ("dpm_solver_singlestep", ()): (3.0, False, "quadratic, karras"),
+        ("dpm_solver_singlestep", ()): (3.0, False, "quadratic, karras up to 3 steps then uniform"),
         ("deis", ()): (3.0, False, "quadratic, karras"), ("ipndm", ()): (2.0, False, "quadratic, uniform"),
     }
     for (name, opts), (order, stochastic, grids) in want.items():

@@ -42,6 +42,7 @@ from .grids import (
     KarrasGrid,
     LogSNRGrid,
     PerSDEGrid,
+    PerStepsGrid,
     PolyExponentialGrid,
     QuadraticGrid,
     TimeGrid,
@@ -68,5 +69,6 @@ __all__ = [
     "KarrasGrid", "get_grid", "EulerMaruyama", "Ancestral", "DDIM", "ProbabilityFlowODE",
     "Heun", "PredictorCorrector", "TorchSDE", "DPMSolverPP2M",
     "PolyExponentialGrid", "DPMSolverPP3M", "DPMSolverPPSDE", "UniPC", "DPMSolverSinglestep", "DEIS", "IPNDM",
-    "GottaGoFast", "PerSDEGrid", "grid_label", "sde_names", "OptimizedGrid", "optimize_grid", "grid_error",
+    "GottaGoFast", "PerSDEGrid", "PerStepsGrid", "grid_label", "sde_names", "OptimizedGrid", "optimize_grid",
+    "grid_error",
 ]

@@ -54,7 +54,7 @@ import torch
 
 from ..validation import check_choice
 from .base import FixedGridSolver, StepContext
-from .grids import PerSDEGrid
+from .grids import PerSDEGrid, PerStepsGrid
 from .registry import register_solver
 
 
@@ -70,9 +70,12 @@ class DPMSolverPP3M(FixedGridSolver):
     10-50 evaluations on both targets of docs/solvers.md, although of lower order."""
 
     order = 2.0               # the default instance's; each instance sets its own
-    #: the rule per SDE that measured best at 10-20 evaluations on exact targets
+    #: the rule per SDE (and, where it changes with the budget, per number of steps) that
+    #: measured best at 10-20 evaluations on exact targets
     #: (experiments/default_grids.py, docs/results.md)
-    default_grid = PerSDEGrid({"vp": "quadratic", "subvp": "logsnr", "ve": "logsnr"},
+    default_grid = PerSDEGrid({"vp": "quadratic",
+                               "subvp": PerStepsGrid({11: "uniform"}, otherwise="logsnr"),
+                               "ve": "uniform"},
                               fallback="quadratic")
 
     def __init__(self, second_difference: str = "published", lower_order_final: bool = True) -> None:

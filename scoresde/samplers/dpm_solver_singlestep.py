@@ -35,7 +35,7 @@ import torch
 
 from ..validation import check_int
 from .base import FixedGridSolver, StepContext
-from .grids import PerSDEGrid
+from .grids import PerSDEGrid, PerStepsGrid
 from .registry import register_solver
 
 #: the intermediate points r_k of DPM-Solver-2 and -3 (Lu et al. 2022, Algorithms 1-2)
@@ -51,9 +51,11 @@ class DPMSolverSinglestep(FixedGridSolver):
 
     order = 3.0               # the default instance's; each instance sets its own
     cost_per_step = 3
-    #: the rule per SDE that measured best at 10-20 evaluations on exact targets
+    #: the rule per SDE (and, where it changes with the budget, per number of steps) that
+    #: measured best at 10-20 evaluations on exact targets
     #: (experiments/default_grids.py, docs/results.md)
-    default_grid = PerSDEGrid({"vp": "quadratic", "subvp": "quadratic", "ve": "karras"},
+    default_grid = PerSDEGrid({"vp": "quadratic", "subvp": "quadratic",
+                               "ve": PerStepsGrid({3: "karras"}, otherwise="uniform")},
                               fallback="quadratic")
 
     def __init__(self, solver_order: int = 3) -> None:

@@ -17,6 +17,8 @@ A grid is a decreasing float64 tensor of ``n_steps + 1`` times from $T$ down to 
 
 - `PerSDEGrid`: one of the rules above chosen by the SDE (a solver's `default_grid` may be
   one: the best rule for that solver on each SDE, chosen by measurement).
+- `PerStepsGrid`: one of the rules above chosen by the number of steps (a `PerSDEGrid`'s rule
+  for an SDE may be one, where the best rule measured changes with the budget).
 
 An optimised grid (`scoresde.samplers.optimize_grid`, Align-Your-Steps-like) is a
 `TimeGrid` too.
@@ -40,8 +42,8 @@ from ..validation import check_int
 Tensor = torch.Tensor
 
 __all__ = ["TimeGrid", "UniformGrid", "QuadraticGrid", "LogSNRGrid", "KarrasGrid",
-           "PolyExponentialGrid", "PerSDEGrid", "GRIDS", "register_grid", "get_grid", "grid_label",
-           "sde_names"]
+           "PolyExponentialGrid", "PerSDEGrid", "PerStepsGrid", "GRIDS", "register_grid", "get_grid",
+           "grid_label", "sde_names"]
 
 
 class TimeGrid(ABC):
@@ -67,6 +69,11 @@ class TimeGrid(ABC):
 
     def for_sde(self, sde: SDE) -> TimeGrid:
         """The rule this grid uses on ``sde``: itself, except for a `PerSDEGrid`."""
+        return self
+
+    def for_steps(self, n_steps: int) -> TimeGrid:
+        """The rule this grid uses for ``n_steps`` steps: itself, except for a `PerStepsGrid`."""
+        check_int("n_steps", n_steps, 1)
         return self
 
     @property
@@ -173,9 +180,10 @@ def sde_names(sde: SDE) -> list[str]:
 
 class PerSDEGrid(TimeGrid):
     """A grid rule chosen by the SDE: ``rules`` maps SDE registry names (`SDES`: ``"vp"``,
-    ``"subvp"``, ``"ve"``, ...) to grids (names in `GRIDS` or `TimeGrid` instances); an SDE
-    whose class is not listed uses the rule of its nearest listed registered base class
-    (`sde_names`: a cosine VP-SDE uses ``"vp"``'s), else ``fallback``.
+    ``"subvp"``, ``"ve"``, ...) to grids (names in `GRIDS` or `TimeGrid` instances, a
+    `PerStepsGrid` included, but not another `PerSDEGrid`); an SDE whose class is not listed
+    uses the rule of its nearest listed registered base class (`sde_names`: a cosine VP-SDE
+    uses ``"vp"``'s), else ``fallback``.
 
     Solvers declare their measured per-SDE defaults with it, e.g.
     ``default_grid = PerSDEGrid({"ve": "karras"}, fallback="quadratic")``.
@@ -213,12 +221,67 @@ class PerSDEGrid(TimeGrid):
 
     @property
     def label(self) -> str:
-        parts = [f"{k}: {g.label}" for k, g in self.rules.items()]
-        return ", ".join([*parts, f"otherwise {self.fallback.label}"])
+        def one(g: TimeGrid) -> str:
+            return f"({g.label})" if isinstance(g, PerStepsGrid) else g.label
+
+        parts = [f"{k}: {one(g)}" for k, g in self.rules.items()]
+        return ", ".join([*parts, f"otherwise {one(self.fallback)}"])
 
     def __repr__(self) -> str:
         rules = ", ".join(f"{k!r}: {g!r}" for k, g in self.rules.items())
         return f"PerSDEGrid({{{rules}}}, fallback={self.fallback!r})"
+
+
+class PerStepsGrid(TimeGrid):
+    """A grid rule chosen by the number of steps $n$: ``rules`` maps step counts to grids
+    (names in `GRIDS` or plain `TimeGrid` instances); $n$ steps use the rule of the smallest
+    key $\\ge n$, and more steps than every key use ``otherwise``. For example
+    ``PerStepsGrid({3: "karras"}, otherwise="uniform")`` is `KarrasGrid` for up to 3 steps
+    and `UniformGrid` from 4.
+
+    A solver's default rule on an SDE (a value of its `PerSDEGrid`) is one where the rule
+    that measured best changes with the budget (experiments/default_grids.py): its keys lie
+    midway between the step counts of the budgets measured, so fewer steps than the smallest
+    budget's take that budget's rule, and more than the largest budget's the largest's.
+    """
+
+    name = "per_steps"
+
+    def __init__(self, rules: Mapping[int, str | TimeGrid], otherwise: str | TimeGrid) -> None:
+        if not isinstance(rules, Mapping):
+            raise TypeError(f"rules must be a mapping of step counts to grids, got {type(rules).__name__}")
+        if not rules:
+            raise ValueError("a PerStepsGrid needs at least one rule (else use `otherwise` itself)")
+        steps = {check_int("a PerStepsGrid's step count", k, 1): self._rule(g) for k, g in rules.items()}
+        self.rules: dict[int, TimeGrid] = dict(sorted(steps.items()))
+        self.otherwise = self._rule(otherwise)
+
+    @staticmethod
+    def _rule(grid: str | TimeGrid) -> TimeGrid:
+        g = get_grid(grid)
+        if isinstance(g, PerSDEGrid | PerStepsGrid):
+            raise TypeError(f"a PerStepsGrid's rules must be plain grids, not a {type(g).__name__}")
+        return g
+
+    def for_steps(self, n_steps: int) -> TimeGrid:
+        n = check_int("n_steps", n_steps, 1)
+        return next((g for k, g in self.rules.items() if n <= k), self.otherwise)
+
+    def __call__(self, sde: SDE, n_steps: int, t_end: float) -> Tensor:
+        return self.for_steps(n_steps)(sde, n_steps, t_end)
+
+    def _grid(self, sde: SDE, n: int, t_end: float) -> Tensor:
+        return self.for_steps(n)._grid(sde, n, t_end)
+
+    @property
+    def label(self) -> str:
+        """E.g. ``"karras up to 3 steps then uniform"`` (no commas: tables list labels with them)."""
+        parts = [f"{g.label} up to {k} step{'s' if k > 1 else ''}" for k, g in self.rules.items()]
+        return " then ".join([*parts, self.otherwise.label])
+
+    def __repr__(self) -> str:
+        rules = ", ".join(f"{k}: {g!r}" for k, g in self.rules.items())
+        return f"PerStepsGrid({{{rules}}}, otherwise={self.otherwise!r})"
 
 
 GRIDS: dict[str, type[TimeGrid]] = {
@@ -249,7 +312,9 @@ def get_grid(grid: str | TimeGrid) -> TimeGrid:
     raise ValueError(f"unknown time grid {grid!r}; known: {sorted(GRIDS)} or a TimeGrid instance")
 
 
-def grid_label(grid: str | TimeGrid, sde: SDE) -> str:
+def grid_label(grid: str | TimeGrid, sde: SDE, n_steps: int | None = None) -> str:
     """The label of the rule ``grid`` uses on ``sde`` (a `PerSDEGrid` resolved to its rule for
-    that SDE): what the comparison records as the grid it used."""
-    return get_grid(grid).for_sde(sde).label
+    that SDE) and, given ``n_steps``, for that many steps (a `PerStepsGrid` resolved too):
+    what the comparison records as the grid it used."""
+    g = get_grid(grid).for_sde(sde)
+    return (g if n_steps is None else g.for_steps(n_steps)).label

@@ -52,7 +52,7 @@ import torch
 
 from ..validation import check_choice, check_int
 from .base import FixedGridSolver, StepContext
-from .grids import PerSDEGrid
+from .grids import PerSDEGrid, PerStepsGrid
 from .registry import register_solver
 
 
@@ -96,9 +96,12 @@ class UniPC(FixedGridSolver):
     the 2-D target but 1.5-1.9x worse at 5-10 on the 5-D one and at 5 on both."""
 
     order = 3.0               # the default instance's (solver_order=2); each instance sets its own
-    #: the rule per SDE that measured best at 10-20 evaluations on exact targets
+    #: the rule per SDE (and, where it changes with the budget, per number of steps) that
+    #: measured best at 10-20 evaluations on exact targets
     #: (experiments/default_grids.py, docs/results.md)
-    default_grid = PerSDEGrid({"vp": "quadratic", "subvp": "quadratic", "ve": "uniform"},
+    default_grid = PerSDEGrid({"vp": "quadratic",
+                               "subvp": PerStepsGrid({11: "uniform"}, otherwise="quadratic"),
+                               "ve": "uniform"},
                               fallback="quadratic")
 
     def __init__(self, solver_order: int = 2, variant: str = "bh2", prediction: str = "x0",
