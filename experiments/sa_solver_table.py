@@ -14,8 +14,11 @@ sensitive check, with the z of the mean exact log-density log p(x) of the sample
 expectation and sd from 400 000 exact draws). Writes the ``sa_solver`` section of
 docs/results.md and prints it.
 
-    python experiments/sa_solver_table.py              # the table (about 5 min, 1 thread)
-    python experiments/sa_solver_table.py --select     # also the defaults study (about 10 min)
+    python experiments/sa_solver_table.py              # the table
+    python experiments/sa_solver_table.py --select     # also the defaults study
+
+One thread; on a busy shared 2-core machine the table took about 15 minutes and ``--select``
+about 35 more.
 
 ``--select`` first measures SA-Solver's options (predictor/corrector orders, tau, time grid)
 at NFE 10 and 20 on VP (both targets) and its grid per SDE (sub-VP, VE) with the defaults,
