@@ -30,7 +30,7 @@ SOLVER_CASES = [
     ("heun", {"churn": 10.0}), ("dpm_solver", {}), ("pc", {}), ("pf_ode", {"method": "rk4"}),
     ("torchsde", {"method": "euler"}), ("unipc", {}), ("dpm_solver_3m", {}),
     ("dpm_solver_sde", {}), ("dpm_solver_singlestep", {}), ("deis", {}), ("ipndm", {}),
-    ("ggf", {}),
+    ("ggf", {}), ("sa_solver", {}),
 ]
 ADAPTIVE_CASES = [("pf_ode", {"rtol": 1e-4, "atol": 1e-4}), ("torchsde", {"rtol": 1e-2, "atol": 1e-2}),
                   ("ggf", {"rtol": 0.1, "atol": 0.01})]

@@ -81,6 +81,9 @@ SOLVER_CASES = [
     ("deis", "deis", {}),
     ("ipndm", "ipndm", {}),
     ("ggf", "ggf", {}),
+    # SA-Solver (its own checks: tests/test_sa_solver.py)
+    ("sa_solver", "sa_solver", {}),
+    ("sa_solver-tau0-p2c0", "sa_solver", {"tau": 0.0, "predictor_order": 2, "corrector_order": 0}),
 ]
 # Further methods/options whose cost formula differs: NFE accounting covers them too.
 EXTRA_CASES = [

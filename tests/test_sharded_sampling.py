@@ -128,7 +128,7 @@ def _gaussian_score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 ELEMENTWISE = sd.ScoreModel.from_score_fn(_gaussian_score, SDE)
 SOLVERS = [("ddim", {}, 6), ("ddim", {"eta": 1.0}, 6), ("euler_maruyama", {}, 6),
-           ("ancestral", {}, 6), ("dpm_solver_sde", {}, 6)]
+           ("ancestral", {}, 6), ("dpm_solver_sde", {}, 6), ("sa_solver", {}, 6)]
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from . import (  # noqa: F401
     ipndm,
     pc,
     pf_ode,
+    sa_solver,
     torchsde_solver,
     unipc,
 )
@@ -58,6 +59,7 @@ from .optimized_grid import OptimizedGrid, grid_error, optimize_grid
 from .pc import PredictorCorrector
 from .pf_ode import ProbabilityFlowODE
 from .registry import SOLVERS, adaptive_solvers, make_solver, register_solver, solver_table
+from .sa_solver import SASolver
 from .sampling import SampleResult, sample
 from .torchsde_solver import TorchSDE
 from .unipc import UniPC
@@ -70,5 +72,5 @@ __all__ = [
     "Heun", "PredictorCorrector", "TorchSDE", "DPMSolverPP2M",
     "PolyExponentialGrid", "DPMSolverPP3M", "DPMSolverPPSDE", "UniPC", "DPMSolverSinglestep", "DEIS", "IPNDM",
     "GottaGoFast", "PerSDEGrid", "PerStepsGrid", "grid_label", "sde_names", "OptimizedGrid", "optimize_grid",
-    "grid_error",
+    "grid_error", "SASolver",
 ]
