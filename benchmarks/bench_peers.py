@@ -818,10 +818,11 @@ def headline(name: str, cells: list[tuple[float, str]]) -> str:
     return s + "."
 
 
-def provenance(args: list[str]) -> str:
-    import diffusers
+def shown_command(script: str, args: list[str]) -> str:
+    """``python <script> <args>`` without the options that only say where the raw numbers
+    went or came from, or that the docs are not written: they are not part of the method."""
     shown, skip = [], False
-    for a in args:  # where the raw numbers went, or came from, is not part of the method
+    for a in args:
         if skip or a in ("--no-docs",):
             skip = False
             continue
@@ -830,7 +831,12 @@ def provenance(args: list[str]) -> str:
             continue
         if not a.startswith(("--raw=", "--from-raw=")):
             shown.append(a)
-    cmd = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/bench_peers.py", *shown])
+    return "python " + " ".join(shlex.quote(a) for a in [script, *shown])
+
+
+def provenance(args: list[str]) -> str:
+    import diffusers
+    cmd = shown_command("benchmarks/bench_peers.py", args)
     from importlib.metadata import version
     return (f"Reproduce: `{cmd}` in `benchmarks/.peers-venv` (`python3 benchmarks/bench_peers.py --setup` "
             f"creates it). scoresde {sd.__version__}, torch {torch.__version__}, diffusers "

@@ -89,7 +89,6 @@ import json
 import math
 import os
 import platform
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -422,17 +421,7 @@ def verdict_rows(data: dict, k: int, m: str) -> dict[str, Any]:
 
 def provenance(argv: list[str]) -> str:
     from importlib.metadata import version
-    shown, skip = [], False
-    for a in argv:
-        if skip or a == "--no-docs":
-            skip = False
-            continue
-        if a in ("--raw", "--from-raw"):
-            skip = True
-            continue
-        if not a.startswith(("--raw=", "--from-raw=")):
-            shown.append(a)
-    cmd = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/bench_peers_sde.py", *shown])
+    cmd = bp.shown_command("benchmarks/bench_peers_sde.py", argv)
     return (f"Reproduce: `{cmd}` in `benchmarks/.peers-venv` (`python3 benchmarks/bench_peers_sde.py "
             f"--setup` creates it). scoresde {sd.__version__}, torch {torch.__version__}, k-diffusion "
             f"{version('k-diffusion')}, {platform.machine()}, {torch.get_num_threads()} thread(s), "

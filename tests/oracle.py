@@ -29,6 +29,11 @@ def fit_slope(x, y) -> float:
     return float(np.polyfit(lx, ly, 1)[0])
 
 
+def half_log_snr(sde: sd.SDE, t: float) -> float:
+    """The papers' lambda = log(alpha/sigma) at time `t` (float64): half our log-SNR."""
+    return 0.5 * float(sde.log_snr(torch.tensor(t, dtype=torch.float64)))
+
+
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -22,6 +22,7 @@ import math
 import pytest
 import torch
 from oracle import ExactStatistics, fit_slope, gen, make_sde, random_gm
+from oracle import half_log_snr as _lam
 
 import scoresde as sd
 from scoresde.analytic import GaussianMixture
@@ -35,10 +36,6 @@ T_END = 1e-3
 def _t(v: float) -> torch.Tensor:
     return torch.tensor(v, dtype=F64)
 
-
-def _lam(sde, t: float) -> float:
-    """The papers' lambda = log(alpha/sigma), half our log-SNR."""
-    return 0.5 * float(sde.log_snr(_t(t)))
 
 
 def _alpha(sde, t: float) -> float:

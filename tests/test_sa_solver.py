@@ -19,6 +19,7 @@ import math
 import pytest
 import torch
 from oracle import ExactStatistics, fit_slope, gen, make_sde, random_gm
+from oracle import half_log_snr as _lam
 
 import scoresde as sd
 from scoresde.analytic import GaussianMixture
@@ -31,11 +32,6 @@ T_END = 1e-3
 
 def _t(v: float) -> torch.Tensor:
     return torch.tensor(v, dtype=F64)
-
-
-def _lam(sde, t: float) -> float:
-    """The paper's lambda = log(alpha/sigma), half our log-SNR."""
-    return 0.5 * float(sde.log_snr(_t(t)))
 
 
 def _assert_equal(a, b, tol=1e-12):
