@@ -491,7 +491,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 def _demo_toy(a: argparse.Namespace) -> int:
     a.out = a.out or "runs/demo"
-    a.steps, a.replicates = _or(a.steps, 6000), _or(a.replicates, 5)
+    a.steps, a.replicates = _or(a.steps, 5000), _or(a.replicates, 5)
     out = Path(a.out)
     with _result_folder(a.out, a.overwrite) as work:
         wall, lines = _demo(a, work, out)
@@ -715,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default=None, help="default runs/demo (runs/demo_images with "
                    "--images)")
     d.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
-    d.add_argument("--steps", type=int, default=None, help="training steps (default 6000; "
+    d.add_argument("--steps", type=int, default=None, help="training steps (default 5000; "
                    f"{IMAGE_DEMO_STEPS} with --images)")
     _num_samples(d, 500, "samples per replicate (the image demo uses all held-out digits)")
     d.add_argument("--replicates", type=int, default=None, help="replicates per comparison "
