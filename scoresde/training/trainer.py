@@ -454,10 +454,28 @@ class Trainer:
         return self.lr + (self.lr_min - self.lr) * p
 
     # ----- data -----------------------------------------------------------------------
-    def _batch(self, data: Tensor) -> Tensor:
-        idx = torch.randint(0, data.shape[0], (self.batch_size,), generator=self.generator,
-                            device=self.generator.device)
-        return data[idx.to(data.device)]
+    def _draw_rows(self, kind: str, source: Any) -> Tensor:
+        """`batch_size` row indices of a tensor or table source, drawn with replacement from
+        the Trainer's generator (every rank draws the same: the global batch)."""
+        n = source.shape[0] if kind == "tensor" else source["x"].shape[0]
+        return torch.randint(0, n, (self.batch_size,), generator=self.generator,
+                             device=self.generator.device)
+
+    @staticmethod
+    def _take(kind: str, source: Any, idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Rows `idx` of a tensor or table source, as `(x, cond)`."""
+        if kind == "tensor":
+            return source[idx.to(source.device)], {}
+        cond = {k: v[idx.to(v.device)] for k, v in source.items()}
+        return cond.pop("x"), cond
+
+    def _read(self, kind: str, source: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        """The next batch of a callable or iterable source, as `(x, cond)`."""
+        if kind == "callable":
+            return _split_batch(source(self.batch_size, self.generator),
+                                "the batch returned by the data callable")
+        where = f"batch {self._epoch_batch} of epoch {self.epoch} of the data"
+        return _split_batch(self._next_from_iterable(source), where)
 
     def _source(self, data: DataSource) -> tuple[str, Any]:
         """The kind of data source, `"tensor" | "table" | "callable" | "iterable"`, and the
@@ -514,19 +532,10 @@ class Trainer:
 
     def _next_batch(self, kind: str, source: Any, device: torch.device
                     ) -> tuple[Tensor, dict[str, Tensor]]:
-        if kind == "tensor":
-            return self._batch(source).to(device), {}
-        if kind == "table":
-            idx = torch.randint(0, source["x"].shape[0], (self.batch_size,),
-                                generator=self.generator, device=self.generator.device)
-            rows = {k: v[idx.to(v.device)] for k, v in source.items()}
-            return rows.pop("x"), rows
-        if kind == "callable":
-            x, cond = _split_batch(source(self.batch_size, self.generator),
-                                   "the batch returned by the data callable")
+        if kind in ("tensor", "table"):
+            x, cond = self._take(kind, source, self._draw_rows(kind, source))
         else:
-            where = f"batch {self._epoch_batch} of epoch {self.epoch} of the data"
-            x, cond = _split_batch(self._next_from_iterable(source), where)
+            x, cond = self._read(kind, source)
         return x.to(device), {k: v.to(device) for k, v in cond.items()}
 
     def _new_epoch(self, source: Iterable) -> Iterator:
@@ -672,24 +681,11 @@ class Trainer:
         `rows` is their place in the global batch of `total` rows."""
         w, r = self.world_size, self.rank
         if kind in ("tensor", "table"):
-            n = source.shape[0] if kind == "tensor" else source["x"].shape[0]
             total = self.batch_size
-            idx = torch.randint(0, n, (total,), generator=self.generator,
-                                device=self.generator.device)
             rows = distributed.shard(total, r, w)
-            mine = idx[rows]
-            if kind == "tensor":
-                x, cond = source[mine.to(source.device)], {}
-            else:
-                cond = {k: v[mine.to(v.device)] for k, v in source.items()}
-                x = cond.pop("x")
+            x, cond = self._take(kind, source, self._draw_rows(kind, source)[rows])
         else:
-            if kind == "callable":
-                x, cond = _split_batch(source(self.batch_size, self.generator),
-                                       "the batch returned by the data callable")
-            else:
-                where = f"batch {self._epoch_batch} of epoch {self.epoch} of the data"
-                x, cond = _split_batch(self._next_from_iterable(source), where)
+            x, cond = self._read(kind, source)
             if sharded:
                 b = x.shape[0]
                 total, rows = b * w, slice(r * b, (r + 1) * b)
