@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -27,6 +28,21 @@ def fit_slope(x, y) -> float:
     """Least-squares slope of log(y) against log(x): the empirical convergence order."""
     lx, ly = np.log(np.asarray(x, dtype=float)), np.log(np.asarray(y, dtype=float))
     return float(np.polyfit(lx, ly, 1)[0])
+
+
+@functools.cache
+def order_problem(sde_name: str, n: int = 256, tol: float = 1e-11, t_end: float = 1e-3):
+    """The convergence-order problem of the solver tests: a smooth 2-component 2-D mixture
+    under SDE `sde_name`, `n` points of x_T and a tight adaptive PF-ODE reference (rtol = atol
+    = `tol`, no denoising) to `t_end`. **Returns:** `(model, x_T, x_ref)`, cached, so every
+    test file with the same arguments shares one reference solve."""
+    gm = sd.analytic.GaussianMixture.random(2, 2, gen(0), min_std=0.5, max_std=1.0, spread=1.0)
+    sde = make_sde(sde_name)
+    model = gm.as_model(sde)
+    x_T = sde.prior_sample((n, 2), gen(1), dtype=torch.float64)
+    ref = sd.sample(model, solver="pf_ode", nfe=None, x_T=x_T, denoise=False, rtol=tol, atol=tol,
+                    t_end=t_end)
+    return model, x_T, ref.x
 
 
 def half_log_snr(sde: sd.SDE, t: float) -> float:

@@ -21,11 +21,10 @@ import math
 
 import pytest
 import torch
-from oracle import ExactStatistics, fit_slope, gen, make_sde, random_gm
+from oracle import ExactStatistics, fit_slope, gen, make_sde, order_problem, random_gm
 from oracle import half_log_snr as _lam
 
 import scoresde as sd
-from scoresde.analytic import GaussianMixture
 from scoresde.samplers import BudgetError, get_grid, grid_label, make_solver
 from scoresde.samplers.deis import tab_coefficients
 
@@ -49,17 +48,8 @@ def _sigma(sde, t: float) -> float:
 # ------------------------------------------------------------------------------------------
 # Convergence orders
 # ------------------------------------------------------------------------------------------
-@functools.cache
 def _order_problem(sde_name: str):
-    """A smooth 2-component mixture, 256 points of x_T and a tight adaptive reference (the
-    problem of tests/test_samplers.py)."""
-    gm = GaussianMixture.random(2, 2, gen(0), min_std=0.5, max_std=1.0, spread=1.0)
-    sde = make_sde(sde_name)
-    model = gm.as_model(sde)
-    x_T = sde.prior_sample((256, 2), gen(1), dtype=F64)
-    ref = sd.sample(model, solver="pf_ode", nfe=None, x_T=x_T, denoise=False, rtol=1e-11, atol=1e-11,
-                    t_end=T_END)
-    return model, x_T, ref.x
+    return order_problem(sde_name, 256, 1e-11, T_END)
 
 
 def _order(name, opts, grid, order, steps, ve_steps=None):

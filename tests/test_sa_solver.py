@@ -18,11 +18,10 @@ import math
 
 import pytest
 import torch
-from oracle import ExactStatistics, fit_slope, gen, make_sde, random_gm
+from oracle import ExactStatistics, fit_slope, gen, make_sde, order_problem, random_gm
 from oracle import half_log_snr as _lam
 
 import scoresde as sd
-from scoresde.analytic import GaussianMixture
 from scoresde.samplers import get_grid, grid_label, make_solver
 from scoresde.samplers.sa_solver import exp_moment, lagrange_exp_weights
 
@@ -187,16 +186,8 @@ def test_equals_paper_transcription(sde_name, p, c, tau, interval, lof, rescale)
 # ------------------------------------------------------------------------------------------
 # Convergence order, tau = 0
 # ------------------------------------------------------------------------------------------
-@functools.cache
 def _order_problem(sde_name: str):
-    """A smooth 2-component mixture, 64 points of x_T and a tight adaptive reference."""
-    gm = GaussianMixture.random(2, 2, gen(0), min_std=0.5, max_std=1.0, spread=1.0)
-    sde = make_sde(sde_name)
-    model = gm.as_model(sde)
-    x_T = sde.prior_sample((64, 2), gen(1), dtype=F64)
-    ref = sd.sample(model, solver="pf_ode", nfe=None, x_T=x_T, denoise=False, rtol=1e-10, atol=1e-10,
-                    t_end=T_END)
-    return model, x_T, ref.x
+    return order_problem(sde_name, 64, 1e-10, T_END)
 
 
 ORDER_CASES = [
