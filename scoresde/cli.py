@@ -269,11 +269,10 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_sample(a: argparse.Namespace) -> int:
     import numpy as np
 
-    from . import load_checkpoint, load_model, sample
+    from . import load_checkpoint, load_model
     from .evaluation.plots import plot_samples
-    from .evaluation.sharding import sample_sharded
+    from .evaluation.sharding import sample_seeded
     from .evaluation.specs import SolverSpec
-    from .samplers import SeedError
 
     model = load_model(a.checkpoint)
     meta = load_checkpoint(a.checkpoint).get("meta", {})
@@ -298,20 +297,10 @@ def cmd_sample(a: argparse.Namespace) -> int:
         cond = {"y": torch.full((a.n,), a.class_label, dtype=torch.long, device=model.device)}
     if a.batch_size < 1:
         raise UsageError(f"--batch-size must be a positive integer, got {a.batch_size}")
-    rank, world = _ranks(model.device)
-    nfe = None if spec.adaptive else a.nfe
-    noise = "per-sample"        # sample i from (seed, i): the same on any number of processes
-    try:
-        res = sample_sharded(model, (a.n, *event_shape), spec.make(), nfe, seed=a.seed,
-                             batch_size=a.batch_size, grid=spec.grid, cond=cond,
-                             progress=not a.no_progress)
-    except SeedError as e:      # a solver with one noise path per batch (torchsde)
-        if world > 1:
-            raise UsageError(f"{e}; under torchrun every sample needs noise of its own") from None
-        noise = "generator"
-        res = sample(model, (a.n, *event_shape), solver=spec.make(), nfe=nfe,
-                     generator=torch.Generator().manual_seed(a.seed), grid=spec.grid,
-                     progress=not a.no_progress, cond=cond)
+    rank, _ = _ranks(model.device)
+    # sample i from (seed, i): the same on any number of processes
+    res, noise = sample_seeded(model, (a.n, *event_shape), spec, a.nfe, seed=a.seed,
+                               batch_size=a.batch_size, cond=cond, progress=not a.no_progress)
     if rank != 0:
         return 0
     x = res.x.cpu()
@@ -334,11 +323,8 @@ def _sample_images(a: argparse.Namespace, model: Any, info: dict[str, Any]) -> i
         raise UsageError(f"--batch-size must be a positive integer, got {a.batch_size}")
     folder = _result_folder(a.out, a.overwrite)
     rank, _ = _ranks(model.device)
-    try:
-        res, noise = draw_images(model, info, a.n, solver=a.solver, nfe=a.nfe, seed=a.seed,
-                                 batch_size=a.batch_size, progress=not a.no_progress and rank == 0)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    res, noise = draw_images(model, info, a.n, solver=a.solver, nfe=a.nfe, seed=a.seed,
+                             batch_size=a.batch_size, progress=not a.no_progress and rank == 0)
     if rank != 0:
         return 0
     with folder as work:

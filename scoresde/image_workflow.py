@@ -36,14 +36,14 @@ from .data import DATASETS, ImageDataset, ImageSource, load_dataset
 from .evaluation.compare import Comparison, checkpoint_target, compare
 from .evaluation.features import feature_classifier
 from .evaluation.metrics import Metric, feature_metric
-from .evaluation.sharding import DEFAULT_BATCH_SIZE, chunks_of_rank, gather_chunks, sample_sharded
+from .evaluation.sharding import DEFAULT_BATCH_SIZE, chunks_of_rank, gather_chunks, sample_seeded
 from .evaluation.specs import SolverSpec
 from .evaluation.targets import Target
 from .likelihood import image_bits_per_dim
 from .models import ScoreModel
 from .nets import UNet
 from .rng import splitmix64_reference
-from .samplers import SampleResult, SeedError, sample
+from .samplers import SampleResult, sample
 from .sdes import SDES, get_sde
 from .training import Trainer, load_checkpoint, load_model
 from .training.distributed import all_gather_object, rank_and_world, run_on_every_rank
@@ -217,21 +217,12 @@ def draw_images(model: ScoreModel, info: dict[str, Any], n: int, *, solver: str 
     rank gets all `n`, identical to one process's. A solver that draws one noise path for a
     whole batch (``torchsde``, ``ggf``'s adaptive ``"brownian"`` solve) cannot do that: in one
     process it falls back to a generator seeded with `seed`; under torchrun it is a
-    `ValueError`.
+    `ValueError` (`scoresde.evaluation.sharding.sample_seeded`).
 
     **Returns:** ``(result, noise)``, ``noise`` = ``"per-sample"`` or ``"generator"``."""
-    n = check_int("n", n, 1)
-    spec = SolverSpec.parse(solver)
-    shape = (n, *_splits(info)[1].event_shape)
-    nfe = None if spec.adaptive else nfe
-    try:
-        return sample_sharded(model, shape, spec.make(), nfe, seed=seed, batch_size=batch_size,
-                              grid=spec.grid, progress=progress), "per-sample"
-    except SeedError as e:
-        if rank_and_world()[1] > 1:
-            raise ValueError(f"{e}; under torchrun every sample needs noise of its own") from None
-    return sample(model, shape, solver=spec.make(), nfe=nfe, grid=spec.grid, progress=progress,
-                  generator=torch.Generator().manual_seed(seed)), "generator"
+    shape = (check_int("n", n, 1), *_splits(info)[1].event_shape)
+    return sample_seeded(model, shape, SolverSpec.parse(solver), nfe, seed=seed,
+                         batch_size=batch_size, progress=progress)
 
 
 def write_images(model: ScoreModel, info: dict[str, Any], res: SampleResult,

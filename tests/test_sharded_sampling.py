@@ -205,6 +205,27 @@ def test_seed_errors():
         sd.sample_sharded(m, (4, 2), "ddim", 3, seed=1, generator=gen(0))
 
 
+def test_sample_seeded_falls_back_to_a_generator_in_one_process():
+    """`sample_seeded`: per-sample noise where the solver can draw it (then exactly
+    `sample_sharded`); for torchsde, one generator seeded with the seed (then exactly
+    `sample` with that generator); an adaptive spec ignores nfe."""
+    from scoresde.evaluation.sharding import sample_seeded
+    from scoresde.evaluation.specs import SolverSpec
+
+    m = ELEMENTWISE
+    res, noise = sample_seeded(m, (9, 2), SolverSpec.parse("euler_maruyama"), 6, seed=3,
+                               batch_size=4)
+    assert noise == "per-sample"
+    assert torch.equal(res.x, sd.sample_sharded(m, (9, 2), "euler_maruyama", 6, seed=3,
+                                                batch_size=4).x)
+    res, noise = sample_seeded(m, (9, 2), SolverSpec.parse("torchsde"), 6, seed=3)
+    assert noise == "generator"
+    assert torch.equal(res.x, sd.sample(m, (9, 2), "torchsde", 6,
+                                        generator=torch.Generator().manual_seed(3)).x)
+    res, noise = sample_seeded(m, (5, 2), SolverSpec.parse("pf_ode:adaptive=1"), 6, seed=0)
+    assert noise == "per-sample" and res.nfe != 6
+
+
 def test_log_likelihood_probes_from_the_seed():
     """Hutchinson probes per sample from (seed, i): the estimate is unbiased (exact density
     of the Gaussian within 4 standard errors) and a chunk alone is the chunk of the batch."""

@@ -31,14 +31,15 @@ from tqdm import tqdm
 
 from ..likelihood import LikelihoodResult, log_likelihood
 from ..models import ScoreModel, check_model
-from ..samplers import SampleResult, Solver, sample
+from ..samplers import SampleResult, SeedError, Solver, sample
 from ..training.distributed import rank_and_world, run_on_every_rank
 from ..validation import check_int
+from .specs import SolverSpec
 
 Tensor = torch.Tensor
 
-__all__ = ["sample_sharded", "log_likelihood_sharded", "chunks_of_rank", "gather_chunks",
-           "DEFAULT_BATCH_SIZE"]
+__all__ = ["sample_sharded", "sample_seeded", "log_likelihood_sharded", "chunks_of_rank",
+           "gather_chunks", "DEFAULT_BATCH_SIZE"]
 
 #: rows per batch of the sharded functions (and of ``scoresde sample``): fixed, so that the
 #: batches -- hence the results -- do not change with the number of processes
@@ -159,6 +160,28 @@ def sample_sharded(model: ScoreModel, shape: tuple[int, ...] | torch.Size,
     times, t_end, solver_used = box
     return SampleResult(x=x, nfe=used, times=times, trajectory=None, x_T=x0, solver=solver_used,
                         t_end=t_end)
+
+
+def sample_seeded(model: ScoreModel, shape: tuple[int, ...], spec: SolverSpec, nfe: int | None, *,
+                  seed: int, batch_size: int = DEFAULT_BATCH_SIZE,
+                  cond: Mapping[str, Tensor] | None = None, progress: bool = False
+                  ) -> tuple[SampleResult, str]:
+    """`sample_sharded` with the solver spec `spec` (``nfe`` ignored by an adaptive one): sample
+    ``i`` a function of ``(seed, i)`` on any number of processes. A solver that draws one
+    noise path for a whole batch (``torchsde``, ``ggf``'s adaptive ``"brownian"`` solve)
+    cannot do that (`SeedError`): in one process it falls back to one generator seeded with
+    `seed`; under a process group of several ranks it is a `ValueError`.
+
+    **Returns:** ``(result, noise)``, ``noise`` = ``"per-sample"`` or ``"generator"``."""
+    nfe = None if spec.adaptive else nfe
+    try:
+        return sample_sharded(model, shape, spec.make(), nfe, seed=seed, batch_size=batch_size,
+                              grid=spec.grid, cond=cond, progress=progress), "per-sample"
+    except SeedError as e:
+        if rank_and_world()[1] > 1:
+            raise ValueError(f"{e}; under torchrun every sample needs noise of its own") from None
+    return sample(model, shape, solver=spec.make(), nfe=nfe, grid=spec.grid, progress=progress,
+                  cond=cond, generator=torch.Generator().manual_seed(seed)), "generator"
 
 
 def log_likelihood_sharded(model: ScoreModel, x: Tensor, *, seed: int = 0,
