@@ -39,7 +39,7 @@ from .evaluation.metrics import Metric, feature_metric
 from .evaluation.sharding import DEFAULT_BATCH_SIZE, chunks_of_rank, gather_chunks, sample_seeded
 from .evaluation.specs import SolverSpec
 from .evaluation.targets import Target
-from .likelihood import image_bits_per_dim
+from .likelihood import BPDResult, image_bits_per_dim
 from .models import ScoreModel
 from .nets import UNet
 from .rng import splitmix64_reference
@@ -320,18 +320,18 @@ def image_likelihood(model: ScoreModel, info: dict[str, Any], *, n: int | None =
                                      batch_size=b - a, progress=False,
                                      generator=chunk_generator(seed, a // batch_size),
                                      rtol=rtol, atol=atol, variable=variable, norm=norm)
-            parts.append(res.bpd.detach().double())
+            parts.append(torch.stack([res.bpd, res.logp], dim=1).detach().double())
             nfe += res.nfe
         return parts, nfe
 
     parts, nfe = run_on_every_rank(run)
-    local = torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64,
+    local = torch.cat(parts) if parts else torch.empty((0, 2), dtype=torch.float64,
                                                        device=model.device)
-    bpd = gather_chunks(local, len(test), batch_size).double().cpu()
-    nfe = sum(all_gather_object(nfe))
+    rows = gather_chunks(local, len(test), batch_size).cpu()      # (bpd, logp) per image
+    summary = BPDResult(bpd=rows[:, 0], stderr=None, logp=rows[:, 1],
+                        nfe=sum(all_gather_object(nfe)))
     seconds = time.perf_counter() - t0
-    mean = float(bpd.mean())
-    se = float(bpd.std() / math.sqrt(bpd.numel())) if bpd.numel() > 1 else float("nan")
+    mean, se, nfe = summary.mean, summary.mean_stderr, summary.nfe
     vals = {"bpd": mean, "bpd_se": se, "n": len(test), "levels": test.levels,
             "scaling": test.scaling, "divergence": divergence, "n_probes": n_probes,
             "n_draws": n_draws, "rtol": rtol, "atol": atol, "nfe": nfe, "seconds": seconds,
